@@ -1,0 +1,101 @@
+"""The `flexunet` Typer app: global options, `info`, `summary`, and the command groups."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from . import config_cmd
+from .state import console, errors, options, use_backend
+from flexunet_k3 import __version__
+from flexunet_k3.errors import UserError
+
+app = typer.Typer(
+    name="flexunet",
+    help="Train and run 2D segmentation UNets (FlexUNet) on TensorFlow, JAX or PyTorch.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(config_cmd.app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"flexunet-k3 {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Keras backend: tensorflow, jax or torch [default: $KERAS_BACKEND or tensorflow]",
+            show_default=False,
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Global options; the backend is fixed before keras is imported."""
+    options.backend, options.verbose, options.quiet = backend, verbose, quiet
+    if backend is not None:
+        use_backend()
+
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="A YAML run config.")]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a value: section.key=value (repeatable)."),
+]
+
+
+@app.command()
+def info() -> None:
+    """The backend in use, versions of keras and each backend, and the devices seen."""
+    backend = use_backend()
+    from flexunet_k3.backend import devices, versions
+
+    table = Table("", "", show_header=False)
+    table.add_row("flexunet-k3", __version__)
+    table.add_row("python", sys.version.split()[0])
+    table.add_row("backend in use", backend)
+    for name, version in versions().items():
+        table.add_row(name, version)
+    table.add_row("devices", ", ".join(devices()))
+    console.print(table)
+
+
+@app.command()
+def summary(config: ConfigOption, overrides: Overrides = None) -> None:
+    """The model's layer table and its `Total params` line."""
+    from flexunet_k3.config import load_config
+
+    cfg = load_config(config, overrides)
+    use_backend()
+    from flexunet_k3.models import build_model
+
+    model = build_model(cfg.model)
+    model.summary(line_length=110, print_fn=lambda line, **_: console.print(line, markup=False))
+    console.print(f"Total params: {model.count_params():,}")
+
+
+def main() -> None:
+    """Console entry point: known errors print one line and exit 2."""
+    try:
+        app()
+    except UserError as exc:
+        if options.verbose:
+            raise
+        errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,77 @@
+"""`flexunet config`: validate, show, schema and import of run configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.table import Table
+
+from .state import console, errors
+from flexunet_k3.config import Config, load_config, validate
+from flexunet_k3.errors import UserError
+from flexunet_k3.ini_import import import_ini
+
+app = typer.Typer(help="Validate, show, export the schema of, or import run configs.")
+
+ConfigFile = Annotated[Path, typer.Argument(help="A YAML run config.", show_default=False)]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a value: section.key=value (repeatable)."),
+]
+
+
+@app.command("validate")
+def validate_command(config: ConfigFile, overrides: Overrides = None) -> None:
+    """Check a config: unknown keys, wrong types and bad values exit 2 with one line."""
+    cfg = load_config(config, overrides)
+    m = cfg.model
+    console.print(
+        f"{config}: valid ({m.name}, {m.image_height}x{m.image_width}x{m.image_channels}, "
+        f"{m.num_classes} classes, {m.num_layers} levels)"
+    )
+
+
+@app.command("show")
+def show_command(config: ConfigFile, overrides: Overrides = None) -> None:
+    """Print the resolved config (defaults filled in, paths made absolute) as YAML."""
+    typer.echo(load_config(config, overrides).to_yaml(), nl=False)
+
+
+@app.command("schema")
+def schema_command() -> None:
+    """Print the JSON Schema of run configs (for editors' YAML completion)."""
+    typer.echo(json.dumps(Config.model_json_schema(), indent=2))
+
+
+@app.command("import")
+def import_command(
+    ini: Annotated[Path, typer.Argument(help="The original tool's train_eval_infer.config.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="YAML to write [default: INI name .yaml]")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Convert the original tool's INI config to a YAML run config; lists every unmapped key."""
+    output = output or ini.with_suffix(".yaml")
+    if output.exists() and not overwrite:
+        raise UserError(f"{output}: already exists; pass --overwrite to replace it")
+    data, unmapped = import_ini(ini, output)
+    validate(data, f"{ini} (converted)")
+    header = f"# Imported from {ini.name} by `flexunet config import`.\n"
+    if unmapped:
+        header += "# Not mapped:\n" + "".join(f"#   {k}: {why}\n" for k, why in unmapped)
+    text = header + yaml.safe_dump(data, sort_keys=False)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(output.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(output)
+    if unmapped:
+        table = Table("key", "not mapped because", title=f"{len(unmapped)} keys not mapped")
+        for key, why in unmapped:
+            table.add_row(key, why)
+        errors.print(table)
+    console.print(f"wrote {output}")

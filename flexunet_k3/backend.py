@@ -1,0 +1,76 @@
+"""Choose the Keras backend before keras is imported, and report versions and devices."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import sys
+
+from flexunet_k3.errors import UserError
+
+BACKENDS = ("tensorflow", "jax", "torch")
+_DISTRIBUTIONS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+
+
+def installed_backends() -> list[str]:
+    """The backends whose Python package can be imported here."""
+    return [name for name in BACKENDS if importlib.util.find_spec(name) is not None]
+
+
+def select_backend(name: str | None = None) -> str:
+    """Set KERAS_BACKEND (from `name`, else the environment, else tensorflow) and check it.
+
+    Must run before the first `import keras` in this process.
+    """
+    chosen = name or os.environ.get("KERAS_BACKEND") or "tensorflow"
+    if chosen not in BACKENDS:
+        raise UserError(f"unknown backend {chosen!r}: choose one of {', '.join(BACKENDS)}")
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != chosen:
+            raise UserError(
+                f"keras was already imported with backend {keras.backend.backend()!r}; "
+                f"the backend is fixed per process (asked for {chosen!r})"
+            )
+        return chosen
+    if importlib.util.find_spec(chosen) is None:
+        raise UserError(
+            f"backend {chosen!r} is not installed: pip install 'flexunet-k3[{chosen}]'"
+        )
+    os.environ["KERAS_BACKEND"] = chosen
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return chosen
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of keras and of each backend package ('-' where missing)."""
+    out = {}
+    for name in ("keras", *BACKENDS):
+        try:
+            out[name] = importlib.metadata.version(_DISTRIBUTIONS.get(name, name))
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "-"
+    return out
+
+
+def devices() -> list[str]:
+    """Devices the active backend sees (imports keras and the backend)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [d.name for d in tf.config.list_logical_devices()]
+    if backend == "jax":
+        import jax
+
+        return [str(d) for d in jax.devices()]
+    import torch
+
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    return found

@@ -1,0 +1,296 @@
+"""Typed run configuration (pydantic v2), loaded from YAML, with `section.key=value` overrides.
+
+Relative paths in a config file are relative to the folder that holds the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from flexunet_k3.errors import UserError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Pair = tuple[int, int]
+
+
+def _as_pair(value):
+    """Accept 9 or [9, 9] for a 2D size."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    return value
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ClassSpec(Section):
+    name: str
+    color: tuple[int, int, int]
+
+    @field_validator("color")
+    @classmethod
+    def _color_in_range(cls, color):
+        if any(not 0 <= c <= 255 for c in color):
+            raise ValueError(f"RGB values must be 0..255, got {list(color)}")
+        return color
+
+
+class ModelConfig(Section):
+    """The network; `name` picks an architecture from the registry (flexunet_k3.models)."""
+
+    name: str = "flexunet"
+    image_height: PositiveInt = 512
+    image_width: PositiveInt = 512
+    image_channels: Literal[1, 3] = 3
+    num_classes: PositiveInt = 2
+    base_filters: PositiveInt = 16
+    base_kernels: Pair = (9, 9)
+    num_layers: Annotated[int, Field(ge=2)] = 8
+    dropout_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.04
+    dilation: Pair = (1, 1)
+    normalization: bool = False
+    input_normalize: bool = False
+    activation: str = "relu"
+    final_activation: Literal["auto", "softmax", "sigmoid"] = "auto"
+
+    _pairs = field_validator("base_kernels", "dilation", mode="before")(_as_pair)
+
+    @field_validator("base_kernels")
+    @classmethod
+    def _odd_kernels(cls, kernels):
+        if any(k < 1 or k % 2 == 0 for k in kernels):
+            raise ValueError(f"kernel sizes must be odd and positive, got {list(kernels)}")
+        return kernels
+
+    @field_validator("dilation")
+    @classmethod
+    def _positive_dilation(cls, dilation):
+        if any(d < 1 for d in dilation):
+            raise ValueError(f"dilation must be >= 1, got {list(dilation)}")
+        return dilation
+
+    @model_validator(mode="after")
+    def _size_fits_levels(self):
+        factor = 2 ** (self.num_layers - 1)
+        for key in ("image_height", "image_width"):
+            if getattr(self, key) % factor:
+                raise ValueError(
+                    f"{key} {getattr(self, key)} is not divisible by 2**(num_layers-1) = {factor}"
+                )
+        return self
+
+
+class OptimizerConfig(Section):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: Annotated[float, Field(gt=0)] = 5e-5
+    clipvalue: Annotated[float, Field(gt=0)] | None = 0.4
+    clipnorm: Annotated[float, Field(gt=0)] | None = None
+    weight_decay: Annotated[float, Field(ge=0)] | None = None
+    momentum: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _one_clip(self):
+        if self.clipvalue is not None and self.clipnorm is not None:
+            raise ValueError("set clipvalue or clipnorm, not both")
+        return self
+
+
+class DataConfig(Section):
+    """Where the images and masks are. `dataset` holds train|valid|test/images|masks."""
+
+    dataset: Path | None = None
+    train_images: Path | None = None
+    train_masks: Path | None = None
+    valid_images: Path | None = None
+    valid_masks: Path | None = None
+    test_images: Path | None = None
+    test_masks: Path | None = None
+    classes: list[ClassSpec] = Field(
+        default_factory=lambda: [
+            ClassSpec(name="background", color=(0, 0, 0)),
+            ClassSpec(name="tumor", color=(255, 255, 255)),
+        ],
+        min_length=1,
+    )
+    cache: Literal["none", "memory", "disk"] = "none"
+    workers: Annotated[int, Field(ge=0)] = 0
+
+    def split_dirs(self, split: Literal["train", "valid", "test"]) -> tuple[Path, Path]:
+        """(images, masks) folders of a split; explicit keys win over `dataset`."""
+        images = getattr(self, f"{split}_images")
+        masks = getattr(self, f"{split}_masks")
+        if images is None or masks is None:
+            if self.dataset is None:
+                raise UserError(
+                    f"data.{split}_images/data.{split}_masks are not set and neither is "
+                    "data.dataset: set data.dataset to the prepared dataset folder"
+                )
+            images = images or self.dataset / split / "images"
+            masks = masks or self.dataset / split / "masks"
+        return images, masks
+
+
+class AugmentConfig(Section):
+    """Online augmentation of training batches (off by default)."""
+
+    enabled: bool = False
+    hflip: bool = True
+    vflip: bool = False
+    rotation_angles: list[float] = Field(default_factory=lambda: [-10.0, 10.0])
+    shrink_ratios: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=list)
+    shear: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    elastic_alpha: Annotated[float, Field(ge=0)] = 0.0
+    elastic_sigma: Annotated[float, Field(gt=0)] = 8.0
+    brightness: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    contrast: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    probability: Annotated[float, Field(ge=0, le=1)] = 0.5
+
+
+class ReducerConfig(Section):
+    enabled: bool = True
+    factor: Annotated[float, Field(gt=0, lt=1)] = 0.4
+    patience: Annotated[int, Field(ge=0)] = 4
+    min_lr: Annotated[float, Field(ge=0)] = 0.0
+
+
+class TrainConfig(Section):
+    output_dir: Path = Path("runs/flexunet")
+    epochs: PositiveInt = 100
+    batch_size: PositiveInt = 2
+    seed: int = 42
+    loss: Literal["categorical_crossentropy", "dice", "ce_dice"] = "categorical_crossentropy"
+    patience: Annotated[int, Field(ge=0)] = 10
+    reducer: ReducerConfig = Field(default_factory=ReducerConfig)
+    epoch_change_infer: bool = True
+    num_infer_images: Annotated[int, Field(ge=0)] = 6
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    jit: Literal["auto", "on", "off"] = "auto"
+
+
+class InferConfig(Section):
+    images_dir: Path | None = None
+    output_dir: Path | None = None
+    overlay: bool = False
+    batch_size: PositiveInt = 4
+
+
+class Config(Section):
+    """A whole run: model, optimizer, data, augmentation, training and inference."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
+
+    @model_validator(mode="after")
+    def _classes_match_model(self):
+        expected = max(self.model.num_classes, 2)
+        if len(self.data.classes) != expected:
+            raise ValueError(
+                f"data.classes lists {len(self.data.classes)} classes but model.num_classes is "
+                f"{self.model.num_classes} (expected {expected} entries, background first)"
+            )
+        return self
+
+    def resolve_paths(self, base: Path) -> Config:
+        """A copy whose relative paths are made absolute against `base`."""
+        data = self.model_dump()
+        for section, values in data.items():
+            for key, value in values.items():
+                if isinstance(value, Path) and not value.is_absolute():
+                    values[key] = (base / value).resolve()
+        return Config.model_validate(data)
+
+    def to_yaml(self) -> str:
+        """The config as YAML (paths as strings, tuples as lists)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_error(error: dict) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}"
+
+
+def validation_message(source: str, error: ValidationError) -> str:
+    """One line naming the file and every offending key."""
+    return f"{source}: " + "; ".join(_format_error(e) for e in error.errors())
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """`section.key=value` -> (['section', 'key'], YAML-parsed value)."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise UserError(f"--set {text!r}: the key is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set each `section.key=value` in a raw config mapping (before validation)."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise UserError(f"--set {text!r}: {key} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping from a file, or a UserError naming the file."""
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def validate(data: dict, source: str) -> Config:
+    """A Config from a raw mapping, or a UserError naming `source` and the keys."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(validation_message(source, exc)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override, validate and resolve a YAML config file."""
+    path = Path(path)
+    data = apply_overrides(read_yaml(path), overrides or [])
+    return validate(data, str(path)).resolve_paths(path.resolve().parent)

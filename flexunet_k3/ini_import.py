@@ -1,0 +1,171 @@
+"""Convert the original tool's INI config (train_eval_infer.config) to our YAML mapping.
+
+Values are Python literals parsed with `ast.literal_eval` (never eval). Keys that have no
+counterpart here are returned, with the reason, so the caller can list them.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import os
+from pathlib import Path
+
+from flexunet_k3.errors import UserError
+
+# (section, key) -> dotted path in our config.
+DIRECT = {
+    ("model", "image_width"): "model.image_width",
+    ("model", "image_height"): "model.image_height",
+    ("model", "image_channels"): "model.image_channels",
+    ("model", "num_classes"): "model.num_classes",
+    ("model", "base_filters"): "model.base_filters",
+    ("model", "base_kernels"): "model.base_kernels",
+    ("model", "num_layers"): "model.num_layers",
+    ("model", "dropout_rate"): "model.dropout_rate",
+    ("model", "dilation"): "model.dilation",
+    ("model", "normalization"): "model.normalization",
+    ("model", "input_normalize"): "model.input_normalize",
+    ("model", "activation"): "model.activation",
+    ("model", "learning_rate"): "optimizer.learning_rate",
+    ("model", "clipvalue"): "optimizer.clipvalue",
+    ("model", "clipnorm"): "optimizer.clipnorm",
+    ("model", "generator"): "augment.enabled",
+    ("train", "epochs"): "train.epochs",
+    ("train", "batch_size"): "train.batch_size",
+    ("train", "patience"): "train.patience",
+    ("train", "learning_rate_reducer"): "train.reducer.enabled",
+    ("train", "reducer_factor"): "train.reducer.factor",
+    ("train", "reducer_patience"): "train.reducer.patience",
+    ("train", "epoch_change_infer"): "train.epoch_change_infer",
+    ("train", "num_infer_images"): "train.num_infer_images",
+    ("train", "seed"): "train.seed",
+    ("augmentor", "hflip"): "augment.hflip",
+    ("augmentor", "vflip"): "augment.vflip",
+    ("augmentor", "shrinks"): "augment.shrink_ratios",
+}
+PATHS = {
+    ("train", "images_dir"): "data.train_images",
+    ("train", "masks_dir"): "data.train_masks",
+    ("valid", "images_dir"): "data.valid_images",
+    ("valid", "masks_dir"): "data.valid_masks",
+    ("test", "images_dir"): "data.test_images",
+    ("test", "masks_dir"): "data.test_masks",
+    ("infer", "images_dir"): "infer.images_dir",
+    ("infer", "output_dir"): "infer.output_dir",
+}
+# Keys with no counterpart, and why.
+FIXED = {
+    ("model", "model"): "the architecture is model.name (flexunet)",
+    ("model", "metrics"): "the metrics are fixed: dice_coef_multiclass plus foreground Dice/IoU",
+    ("model", "show_summary"): "use `flexunet summary`",
+    ("train", "metrics"): "train_metrics.csv always lists the fixed metrics",
+    ("train", "model_dir"): "checkpoints go to models/ inside train.output_dir",
+    ("train", "eval_dir"): "CSV logs go to eval/ inside train.output_dir",
+    ("train", "epoch_change_infer_dir"): "written to epoch_change_infer/ inside train.output_dir",
+    ("train", "save_weights_only"): "whole models are saved as .keras",
+    ("train", "create_backup"): "the run folder keeps its own config.yaml",
+    ("dataset", "class_name"): "masks are read by the one streaming loader",
+    ("mask", "mask_file_format"): "masks may be .png or .npz",
+}
+LOSSES = {
+    "categorical_crossentropy": "categorical_crossentropy",
+    "dice_loss": "dice",
+    "bce_dice_loss": "ce_dice",
+}
+
+
+def parse_value(raw: str):
+    """A Python literal, or the raw text where it is not one (unquoted words)."""
+    text = raw.strip()
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _set(target: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for key in parents:
+        target = target.setdefault(key, {})
+    target[last] = value
+
+
+def _classes(rgb_map) -> list[dict]:
+    if not isinstance(rgb_map, dict):
+        raise ValueError("expected a dict {(r, g, b): class_id, ...}")
+    classes = []
+    for color, class_id in sorted(rgb_map.items(), key=lambda item: item[1]):
+        name = "background" if class_id == 0 else f"class{class_id}"
+        classes.append({"name": name, "color": list(color)})
+    return classes
+
+
+def _relocated(path_text: str, ini_dir: Path, out_dir: Path) -> str:
+    """A path of the INI (relative to its folder) made relative to the output's folder."""
+    path = Path(path_text)
+    if not path.is_absolute():
+        path = (ini_dir / path).resolve()
+    return os.path.relpath(path, out_dir.resolve())
+
+
+def _augment(result: dict, values: dict, unmapped: list) -> None:
+    """The [augmentor] section's rotation and shear (flips and shrinks map directly)."""
+    rotation = values.get("rotation", True)
+    if "angles" in values or rotation is False:
+        angles = values.get("angles", []) if rotation else []
+        _set(result, "augment.rotation_angles", [float(a) for a in angles])
+    if values.get("shears"):
+        _set(result, "augment.shear", float(max(abs(s) for s in values["shears"])))
+    for key in sorted(set(values) - {"hflip", "vflip", "shrinks", "rotation", "angles", "shears"}):
+        unmapped.append((f"augmentor.{key}", "no counterpart in augment"))
+
+
+def import_ini(path: Path, output: Path) -> tuple[dict, list[tuple[str, str]]]:
+    """Read an original INI config: (our YAML mapping, [(section.key, why not mapped)])."""
+    parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(f"{path}: not an INI config: {first}") from None
+    if not parser.sections():
+        raise UserError(f"{path}: no [sections] found: not an original train_eval_infer.config")
+    ini_dir, out_dir = path.resolve().parent, output.resolve().parent
+    result: dict = {}
+    unmapped: list[tuple[str, str]] = []
+    augmentor: dict = {}
+    for section in parser.sections():
+        for key, raw in parser.items(section):
+            value = parse_value(raw)
+            where = (section, key)
+            try:
+                if where in DIRECT:
+                    _set(result, DIRECT[where], value)
+                elif where in PATHS:
+                    _set(result, PATHS[where], _relocated(str(value), ini_dir, out_dir))
+                elif where == ("model", "optimizer"):
+                    _set(result, "optimizer.name", str(value).lower())
+                elif where == ("model", "loss"):
+                    if value in LOSSES:
+                        _set(result, "train.loss", LOSSES[value])
+                    else:
+                        unmapped.append((f"{section}.{key}", f"loss {value!r} not available"))
+                elif where == ("mask", "rgb_map"):
+                    _set(result, "data.classes", _classes(value))
+                elif where == ("image", "color_order"):
+                    if str(value).upper() != "RGB":
+                        unmapped.append((f"{section}.{key}", "images are always read as RGB"))
+                elif section == "augmentor":
+                    augmentor[key] = value
+                elif where in FIXED:
+                    unmapped.append((f"{section}.{key}", FIXED[where]))
+                else:
+                    unmapped.append((f"{section}.{key}", "unknown to flexunet-k3"))
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise UserError(f"{path}: [{section}] {key} = {raw.strip()}: {exc}") from None
+    _augment(result, augmentor, unmapped)
+    return result, unmapped

@@ -1,0 +1,56 @@
+"""Losses in keras.ops only; `flexunet_k3.scores` holds their numpy references."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from flexunet_k3.errors import UserError
+from flexunet_k3.metrics import PACKAGE, one_hot, true_labels
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def categorical_crossentropy(y_true, y_pred):
+    """Pixel cross-entropy for class maps or one-hot labels (binary for one sigmoid channel)."""
+    y_pred = ops.cast(y_pred, "float32")
+    num_classes = y_pred.shape[-1]
+    if num_classes == 1:
+        truth = one_hot(y_true, 1)
+        return keras.losses.binary_crossentropy(truth, y_pred)
+    labels = true_labels(y_true, num_classes)
+    return keras.losses.sparse_categorical_crossentropy(labels, y_pred)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def soft_dice_loss(y_true, y_pred, smooth=1e-5):
+    """1 - mean over foreground classes of the soft Dice over the whole batch (nnU-Net style)."""
+    y_pred = ops.cast(y_pred, "float32")
+    num_classes = y_pred.shape[-1]
+    truth = one_hot(y_true, num_classes)
+    if num_classes > 1:
+        truth, y_pred = truth[..., 1:], y_pred[..., 1:]
+    axes = (0, 1, 2)
+    intersection = ops.sum(truth * y_pred, axis=axes)
+    total = ops.sum(truth, axis=axes) + ops.sum(y_pred, axis=axes)
+    return 1.0 - ops.mean((2.0 * intersection + smooth) / (total + smooth))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def ce_dice_loss(y_true, y_pred):
+    """Cross-entropy plus soft Dice loss."""
+    return ops.mean(categorical_crossentropy(y_true, y_pred)) + soft_dice_loss(y_true, y_pred)
+
+
+LOSSES = {
+    "categorical_crossentropy": categorical_crossentropy,
+    "dice": soft_dice_loss,
+    "ce_dice": ce_dice_loss,
+}
+
+
+def get_loss(name: str):
+    """The loss function configured as `train.loss`."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise UserError(f"train.loss: unknown loss {name!r}; known: {', '.join(LOSSES)}") from None
