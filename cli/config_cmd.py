@@ -10,10 +10,11 @@ import typer
 import yaml
 from rich.table import Table
 
-from .state import console, errors
 from flexunet_k3.config import Config, load_config, validate
 from flexunet_k3.errors import UserError
 from flexunet_k3.ini_import import import_ini
+
+from .state import console, errors
 
 app = typer.Typer(help="Validate, show, export the schema of, or import run configs.")
 

@@ -36,9 +36,7 @@ def select_backend(name: str | None = None) -> str:
             )
         return chosen
     if importlib.util.find_spec(chosen) is None:
-        raise UserError(
-            f"backend {chosen!r} is not installed: pip install 'flexunet-k3[{chosen}]'"
-        )
+        raise UserError(f"backend {chosen!r} is not installed: pip install 'flexunet-k3[{chosen}]'")
     os.environ["KERAS_BACKEND"] = chosen
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return chosen
@@ -72,5 +70,7 @@ def devices() -> list[str]:
 
     found = ["cpu"]
     if torch.cuda.is_available():
-        found += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+        found += [
+            f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())
+        ]
     return found

@@ -95,7 +95,7 @@ class ModelConfig(Section):
 class OptimizerConfig(Section):
     name: Literal["adam", "adamw", "sgd"] = "adam"
     learning_rate: Annotated[float, Field(gt=0)] = 5e-5
-    clipvalue: Annotated[float, Field(gt=0)] | None = 0.4
+    clipvalue: Annotated[float, Field(gt=0)] | None = None
     clipnorm: Annotated[float, Field(gt=0)] | None = None
     weight_decay: Annotated[float, Field(ge=0)] | None = None
     momentum: Annotated[float, Field(ge=0)] = 0.0
@@ -143,7 +143,15 @@ class DataConfig(Section):
 
 
 class AugmentConfig(Section):
-    """Online augmentation of training batches (off by default)."""
+    """Online augmentation of training batches (off by default).
+
+    Each transform fires with `probability`. Rotation picks one of `rotation_angles` (degrees,
+    counter-clockwise); shrink picks one of `shrink_ratios` and pastes the smaller image centered
+    on background; `shear` is the largest horizontal shear factor; the elastic deformation
+    (off while `elastic_alpha` is 0) is uniform noise smoothed with `elastic_sigma` pixels, times
+    `elastic_alpha`, as in Simard et al. 2003; `brightness` is the largest shift as a share of
+    255 and `contrast` the largest change of the gain (1 +- contrast) about the image mean.
+    """
 
     enabled: bool = False
     hflip: bool = True
@@ -209,7 +217,7 @@ class Config(Section):
     def resolve_paths(self, base: Path) -> Config:
         """A copy whose relative paths are made absolute against `base`."""
         data = self.model_dump()
-        for section, values in data.items():
+        for values in data.values():
             for key, value in values.items():
                 if isinstance(value, Path) and not value.is_absolute():
                     values[key] = (base / value).resolve()

@@ -8,17 +8,24 @@ from keras import ops
 from flexunet_k3.errors import UserError
 from flexunet_k3.metrics import PACKAGE, one_hot, true_labels
 
+EPSILON = 1e-7
+
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 def categorical_crossentropy(y_true, y_pred):
-    """Pixel cross-entropy for class maps or one-hot labels (binary for one sigmoid channel)."""
-    y_pred = ops.cast(y_pred, "float32")
+    """Pixel cross-entropy for class maps or one-hot labels (binary for one sigmoid channel).
+
+    The probability of the true class is gathered rather than multiplied by a one-hot map:
+    less memory, and Keras' sparse cross-entropy fails in backward on the torch backend.
+    """
+    y_pred = ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0 - EPSILON)
     num_classes = y_pred.shape[-1]
     if num_classes == 1:
-        truth = one_hot(y_true, 1)
-        return keras.losses.binary_crossentropy(truth, y_pred)
-    labels = true_labels(y_true, num_classes)
-    return keras.losses.sparse_categorical_crossentropy(labels, y_pred)
+        truth = one_hot(y_true, 1)[..., 0]
+        p = y_pred[..., 0]
+        return -(truth * ops.log(p) + (1.0 - truth) * ops.log(1.0 - p))
+    labels = ops.expand_dims(true_labels(y_true, num_classes), -1)
+    return -ops.take_along_axis(ops.log(y_pred), labels, axis=-1)[..., 0]
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

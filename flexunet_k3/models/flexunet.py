@@ -62,8 +62,12 @@ def build_flexunet(config: ModelConfig) -> keras.Model:
     for i in range(config.num_layers - 2, -1, -1):
         level = schedule[i]
         x = layers.Conv2DTranspose(
-            level["filters"], 2, strides=2, padding="same",
-            kernel_initializer="he_normal", name=f"dec{i}_up",
+            level["filters"],
+            2,
+            strides=2,
+            padding="same",
+            kernel_initializer="he_normal",
+            name=f"dec{i}_up",
         )(x)
         x = layers.Concatenate(name=f"dec{i}_concat")([x, skips[i]])
         x = _conv_block(x, level, config, name=f"dec{i}")

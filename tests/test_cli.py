@@ -1,0 +1,130 @@
+"""The command line: start-up imports, global options, info, summary, config commands."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flexunet_k3 import backend as backend_module
+from flexunet_k3.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = re.compile(r"\|\s+(keras|tensorflow|jax|jaxlib|torch)(\.|$)")
+
+
+def flexunet(*args, env=None):
+    """Run the installed console script; returns the finished process."""
+    return subprocess.run(
+        ["flexunet", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_one_line_error(done, *fragments):
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_cli_import_loads_no_keras_or_backend():
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import flexunet_k3.cli.app"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    heavy = [line for line in done.stderr.splitlines() if HEAVY.search(line)]
+    assert "flexunet_k3.cli.app" in done.stderr and not heavy, heavy[:5]
+
+
+def test_help_and_version():
+    assert "prepare" in flexunet("--help").stdout or "config" in flexunet("--help").stdout
+    assert flexunet("--version").stdout.strip().startswith("flexunet-k3 ")
+
+
+def test_info_names_the_backend_in_use():
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    done = flexunet("info")
+    assert done.returncode == 0, done.stderr
+    assert re.search(rf"backend in use\s+.*{backend}", done.stdout)
+    assert "devices" in done.stdout and "keras" in done.stdout
+
+
+def test_summary_prints_the_originals_parameter_count():
+    done = flexunet("summary", "--config", str(REPO / "configs" / "lung.yaml"))
+    assert done.returncode == 0, done.stderr
+    assert "Total params: 124,996,866" in done.stdout
+
+
+def test_unknown_backend_is_one_line():
+    assert_one_line_error(flexunet("--backend", "mxnet", "info"), "unknown backend 'mxnet'")
+
+
+def test_backend_not_installed_is_one_line(monkeypatch):
+    monkeypatch.delitem(sys.modules, "keras", raising=False)
+    monkeypatch.setattr(backend_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match=r"backend 'jax' is not installed: pip install"):
+        backend_module.select_backend("jax")
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("model:\n  colour: 3\n", "model.colour: unknown key"),
+        ("train:\n  epochs: ten\n", "train.epochs: Input should be a valid integer"),
+        ("model:\n  base_kernels: 4\n", "model.base_kernels: kernel sizes must be odd"),
+    ],
+)
+def test_config_validate_bad_config_exits_2(tmp_path, text, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert_one_line_error(flexunet("config", "validate", str(path)), str(path), fragment)
+
+
+def test_config_validate_missing_file_exits_2(tmp_path):
+    assert_one_line_error(
+        flexunet("config", "validate", str(tmp_path / "gone.yaml")), "config file not found"
+    )
+
+
+def test_summary_with_bad_override_exits_2():
+    done = flexunet(
+        "summary", "-c", str(REPO / "configs" / "lung.yaml"), "--set", "model.num_layers=0"
+    )
+    assert_one_line_error(done, "model.num_layers")
+
+
+def test_config_show_applies_overrides():
+    done = flexunet(
+        "config", "show", str(REPO / "configs" / "lung.yaml"), "--set", "train.epochs=7"
+    )
+    assert done.returncode == 0 and "epochs: 7" in done.stdout
+
+
+def test_config_schema_is_json():
+    import json
+
+    assert "properties" in json.loads(flexunet("config", "schema").stdout)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("FLEXUNET_ORIGINAL_CONFIG"),
+    reason="FLEXUNET_ORIGINAL_CONFIG (the original's lung INI) is not set",
+)
+def test_config_import_of_the_original_builds_the_lung_model(tmp_path):
+    out = tmp_path / "lung.yaml"
+    done = flexunet("config", "import", os.environ["FLEXUNET_ORIGINAL_CONFIG"], "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "model.model" in done.stderr  # unmapped keys are listed
+    assert flexunet("config", "validate", str(out)).returncode == 0
+    assert "Total params: 124,996,866" in flexunet("summary", "-c", str(out)).stdout
+    again = flexunet("config", "import", os.environ["FLEXUNET_ORIGINAL_CONFIG"], "-o", str(out))
+    assert_one_line_error(again, "already exists")

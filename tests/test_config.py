@@ -1,0 +1,178 @@
+"""Config loading, validation messages, overrides, schema and the INI importer (no keras)."""
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flexunet_k3.config import Config, ModelConfig, load_config
+from flexunet_k3.errors import UserError
+from flexunet_k3.ini_import import import_ini
+
+REPO = Path(__file__).resolve().parents[1]
+LUNG = REPO / "configs" / "lung.yaml"
+
+
+def write(tmp_path, text, name="run.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_lung_config_has_the_original_settings():
+    cfg = load_config(LUNG)
+    m, o, t = cfg.model, cfg.optimizer, cfg.train
+    assert (m.image_height, m.image_width, m.image_channels, m.num_classes) == (512, 512, 3, 2)
+    assert (m.base_filters, m.base_kernels, m.num_layers, m.dropout_rate) == (16, (9, 9), 8, 0.04)
+    assert (o.name, o.learning_rate, o.clipvalue) == ("adam", 5e-5, 0.4)
+    assert (t.batch_size, t.epochs, t.patience) == (2, 100, 10)
+    assert (t.reducer.factor, t.reducer.patience) == (0.4, 4)
+
+
+def test_defaults_for_everything_but_data_paths(tmp_path):
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg.model == ModelConfig()
+    with pytest.raises(UserError, match="data.dataset"):
+        cfg.data.split_dirs("train")
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path):
+    cfg = load_config(write(tmp_path, "data:\n  dataset: ../ds\n"))
+    assert cfg.data.split_dirs("valid") == (
+        (tmp_path.parent / "ds/valid/images").resolve(),
+        (tmp_path.parent / "ds/valid/masks").resolve(),
+    )
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("model:\n  colour: 3\n", "model.colour: unknown key"),
+        ("trian:\n  epochs: 3\n", "trian: unknown key"),
+        ("train:\n  epochs: many\n", "train.epochs: Input should be a valid integer"),
+        ("model:\n  base_kernels: [8, 8]\n", "model.base_kernels: kernel sizes must be odd"),
+        ("model:\n  image_height: 100\n", "image_height 100 is not divisible by 2**(num_layers-1)"),
+        (
+            "model:\n  num_layers: 1\n",
+            "model.num_layers: Input should be greater than or equal to 2",
+        ),
+        ("model:\n  num_classes: 0\n", "model.num_classes: Input should be greater than 0"),
+        ("model:\n  num_classes: 4\n", "data.classes lists 2 classes but model.num_classes is 4"),
+        (
+            "optimizer:\n  name: rmsprop\n",
+            "optimizer.name: Input should be 'adam', 'adamw' or 'sgd'",
+        ),
+        ("- a\n- b\n", "expected a mapping of sections"),
+        ("model: [\n", "not valid YAML (line 2)"),
+    ],
+)
+def test_bad_configs_name_file_and_key(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(str(path)) and expected in message
+    assert "\n" not in message
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
+    path = write(tmp_path, "")
+    cfg = load_config(
+        path, ["train.epochs=3", "model.base_kernels=[5, 3]", "train.reducer.factor=0.5"]
+    )
+    assert (cfg.train.epochs, cfg.model.base_kernels, cfg.train.reducer.factor) == (3, (5, 3), 0.5)
+    with pytest.raises(UserError, match="train.nope: unknown key"):
+        load_config(path, ["train.nope=1"])
+    with pytest.raises(UserError, match="expected section.key=value"):
+        load_config(path, ["train.epochs"])
+
+
+def test_resolved_yaml_round_trips(tmp_path):
+    cfg = load_config(LUNG)
+    again = Config.model_validate(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg
+
+
+def test_schema_lists_sections():
+    schema = Config.model_json_schema()
+    assert {"model", "optimizer", "data", "augment", "train", "infer"} <= set(schema["properties"])
+
+
+OTHER_PROJECT_INI = """\
+; a 4-class project of the original tool, with augmentation
+[model]
+model          = "TensorFlowFlexUNet"
+generator      = True
+image_width    = 256
+image_height   = 256
+image_channels = 3
+input_normalize = True
+normalization  = True
+num_classes    = 4
+base_filters   = 32
+base_kernels   = (7,7)
+num_layers     = 6
+dropout_rate   = 0.05
+dilation       = (2,2)
+optimizer      = "AdamW"
+learning_rate  = 0.0001
+clipnorm       = 1.0
+loss           = "categorical_crossentropy"
+
+[train]
+epochs        = 50
+batch_size    = 4
+images_dir    = "./dataset/train/images/"
+masks_dir     = "./dataset/train/masks/"
+steps_per_epoch = 200
+
+[augmentor]
+vflip    = True
+hflip    = True
+rotation = True
+angles   = [90, 180, 270]
+shrinks  = [0.8]
+shears   = [0.1, -0.1]
+distortion = True
+
+[mask]
+rgb_map = {(0,0,0):0, (255,0,0):1, (0,255,0):2, (0,0,255):3}
+"""
+
+
+def test_import_of_another_project_maps_values_and_lists_the_rest(tmp_path):
+    ini = write(tmp_path, OTHER_PROJECT_INI, "train_eval_infer.config")
+    data, unmapped = import_ini(ini, tmp_path / "out" / "run.yaml")
+    cfg = Config.model_validate(data)
+    assert (cfg.model.num_classes, cfg.model.base_kernels, cfg.model.dilation) == (
+        4,
+        (7, 7),
+        (2, 2),
+    )
+    assert cfg.model.input_normalize and cfg.model.normalization and cfg.augment.enabled
+    assert (cfg.optimizer.name, cfg.optimizer.clipnorm) == ("adamw", 1.0)
+    assert cfg.augment.rotation_angles == [90.0, 180.0, 270.0] and cfg.augment.shear == 0.1
+    assert [c.color for c in cfg.data.classes][1] == (255, 0, 0)
+    assert data["data"]["train_images"] == "../dataset/train/images"
+    keys = dict(unmapped)
+    assert {"model.model", "train.steps_per_epoch", "augmentor.distortion"} <= set(keys)
+
+
+def test_import_refuses_non_ini(tmp_path):
+    with pytest.raises(UserError, match="not an INI config"):
+        import_ini(write(tmp_path, "just text\n", "x.config"), tmp_path / "x.yaml")
+
+
+@pytest.mark.skipif(
+    not os.environ.get("FLEXUNET_ORIGINAL_CONFIG"),
+    reason="FLEXUNET_ORIGINAL_CONFIG (the original's lung INI) is not set",
+)
+def test_import_of_the_original_lung_config(tmp_path):
+    data, _ = import_ini(Path(os.environ["FLEXUNET_ORIGINAL_CONFIG"]), tmp_path / "lung.yaml")
+    assert Config.model_validate(data).model == load_config(LUNG).model

@@ -1,0 +1,59 @@
+"""The FlexUNet architecture: the original's parameter count, schedules, options."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from keras import ops
+
+from flexunet_k3.config import ModelConfig, load_config
+from flexunet_k3.errors import UserError
+from flexunet_k3.models import build_model
+from flexunet_k3.models.flexunet import level_schedule
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_lung_model_has_the_originals_parameter_count():
+    model = build_model(load_config(REPO / "configs" / "lung.yaml").model)
+    assert model.count_params() == 124_996_866
+
+
+def test_schedules_shrink_to_floor():
+    levels = level_schedule(ModelConfig(base_kernels=9, dilation=3, dropout_rate=0.1))
+    assert [lv["kernel_size"][0] for lv in levels] == [9, 7, 5, 3, 3, 3, 3, 3]
+    assert [lv["dilation_rate"][0] for lv in levels] == [3, 2, 1, 1, 1, 1, 1, 1]
+    assert [lv["filters"] for lv in levels][:3] == [16, 32, 64]
+    assert levels[2]["dropout"] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("normalization", [False, True])
+@pytest.mark.parametrize("num_classes", [1, 2, 4])
+def test_output_shape_and_activation(normalization, num_classes):
+    cfg = ModelConfig(
+        image_height=32,
+        image_width=48,
+        image_channels=1,
+        num_classes=num_classes,
+        base_filters=4,
+        base_kernels=5,
+        num_layers=3,
+        dilation=2,
+        normalization=normalization,
+        input_normalize=True,
+    )
+    model = build_model(cfg)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 48, 1)).astype("float32")
+    y = ops.convert_to_numpy(model(x))
+    assert y.shape == (2, 32, 48, num_classes) and y.dtype == np.float32
+    if num_classes > 1:
+        assert np.allclose(y.sum(-1), 1.0, atol=1e-5)
+    assert ((y >= 0) & (y <= 1)).all()
+    names = [layer.__class__.__name__ for layer in model.layers]
+    assert "Rescaling" in names and "Lambda" not in names
+    assert ("BatchNormalization" in names) == normalization
+
+
+def test_unknown_architecture_is_refused():
+    with pytest.raises(UserError, match="model.name: unknown architecture 'resnet'"):
+        build_model(ModelConfig(name="resnet"))

@@ -1,0 +1,57 @@
+"""The same weights and input give the same outputs on TensorFlow, JAX and PyTorch, and a model
+saved under each backend loads under each other and predicts the same."""
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flexunet_k3.backend import BACKENDS
+
+WORKER = Path(__file__).with_name("parity_worker.py")
+NAMES = ("plain", "batchnorm_dilated", "sigmoid_dilated")
+TOLERANCE = 1e-4
+
+pytestmark = pytest.mark.parity
+
+
+def run_worker(backend: str, action: str, folder: Path) -> None:
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    done = subprocess.run(
+        [sys.executable, str(WORKER), action, str(folder)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"{backend} {action} failed:\n{done.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("parity")
+    for backend in BACKENDS:
+        run_worker(backend, "build", folder)
+    for backend in BACKENDS:
+        run_worker(backend, "load", folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("a, b", list(itertools.combinations(BACKENDS, 2)))
+def test_same_weights_same_outputs(outputs, name, a, b):
+    first, second = (np.load(outputs / f"{x}_{name}.npy") for x in (a, b))
+    assert first.shape == second.shape
+    assert np.abs(first - second).max() < TOLERANCE
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("saved, loaded", list(itertools.permutations(BACKENDS, 2)))
+def test_saved_model_loads_under_other_backends(outputs, name, saved, loaded):
+    original = np.load(outputs / f"{saved}_{name}.npy")
+    again = np.load(outputs / f"{loaded}_from_{saved}_{name}.npy")
+    assert np.abs(original - again).max() < TOLERANCE
