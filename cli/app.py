@@ -9,10 +9,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from . import config_cmd
-from .state import console, errors, options, use_backend
-from flexunet_k3 import __version__
+from flexunet_k3 import __version__, progress
 from flexunet_k3.errors import UserError
+
+from . import config_cmd, prepare_cmd
+from .state import console, errors, options, use_backend
 
 app = typer.Typer(
     name="flexunet",
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(prepare_cmd.app, name="prepare")
 
 
 def _version(value: bool) -> None:
@@ -46,6 +48,7 @@ def main_options(
 ) -> None:
     """Global options; the backend is fixed before keras is imported."""
     options.backend, options.verbose, options.quiet = backend, verbose, quiet
+    progress.configure(quiet)
     if backend is not None:
         use_backend()
 
@@ -84,7 +87,6 @@ def summary(config: ConfigOption, overrides: Overrides = None) -> None:
 
     model = build_model(cfg.model)
     model.summary(line_length=110, print_fn=lambda line, **_: console.print(line, markup=False))
-    console.print(f"Total params: {model.count_params():,}")
 
 
 def main() -> None:

@@ -1,0 +1,134 @@
+"""`flexunet prepare`: 2D PNG datasets from Decathlon volumes, phantom CT sets, statistics."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flexunet_k3.errors import UserError
+
+from .state import console, errors
+
+app = typer.Typer(
+    help="Make 2D PNG datasets from Decathlon NIfTI volumes (or a synthetic set); statistics.",
+    no_args_is_help=True,
+)
+
+Output = Annotated[Path, typer.Option("--output", "-o", help="Folder to write.")]
+Overwrite = Annotated[
+    bool, typer.Option(help="Replace a dataset already in the output (other files stay).")
+]
+Seed = Annotated[int, typer.Option(help="Random seed: the same seed gives the same output.")]
+
+
+@app.command("msd")
+def msd_command(
+    source: Annotated[
+        Path, typer.Option("--source", "-s", help="Task06_Lung.tar or its extracted folder.")
+    ],
+    output: Output,
+    window: Annotated[
+        str, typer.Option(help="Hounsfield window LOW,HIGH mapped to 0..255 (soft tissue).")
+    ] = "-125,225",
+    size: Annotated[int, typer.Option(help="Width and height of the PNG slices.")] = 512,
+    keep_empty: Annotated[
+        float, typer.Option(help="Share (0..1) of tumor-free slices to keep.")
+    ] = 0.0,
+    split: Annotated[
+        str, typer.Option(help="Train,valid,test fractions of the patients.")
+    ] = "0.7,0.15,0.15",
+    seed: Seed = 42,
+    mini_test: Annotated[int, typer.Option(help="Test slices copied to mini_test.")] = 10,
+    workers: Annotated[
+        int | None, typer.Option(help="Cases converted in parallel (default: min(4, CPUs)).")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Stop at a bad case instead of skipping it with a warning.")
+    ] = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Slice Decathlon CT volumes into 8-bit PNG image/mask pairs, split by patient."""
+    from flexunet_k3.data.msd import prepare_msd
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        stats = prepare_msd(
+            source,
+            output,
+            window=_numbers(window, 2, "--window"),
+            size=size,
+            keep_empty=keep_empty,
+            split=_numbers(split, 3, "--split"),
+            seed=seed,
+            mini_test=mini_test,
+            workers=workers,
+            strict=strict,
+            overwrite=overwrite,
+        )
+    for warning in caught:
+        errors.print(f"warning: {warning.message}", style="yellow", markup=False, soft_wrap=True)
+    _print_statistics(stats, output)
+
+
+@app.command("synthetic")
+def synthetic_command(
+    output: Output,
+    cases: Annotated[int, typer.Option(help="Number of phantom CT volumes.")] = 12,
+    seed: Seed = 42,
+    size: Annotated[int, typer.Option(help="Width and height of each volume in voxels.")] = 256,
+    slices: Annotated[int, typer.Option(help="Axial slices per volume.")] = 48,
+    overwrite: Overwrite = False,
+) -> None:
+    """Write a phantom chest CT set with lung tumors in the Decathlon Task06 layout."""
+    from flexunet_k3.data.synthetic import write_synthetic_dataset
+
+    ids = write_synthetic_dataset(output, cases, seed, size, slices, overwrite=overwrite)
+    console.print(f"wrote {len(ids)} cases ({ids[0]}..{ids[-1]}) to {output}")
+    console.print(f"next: flexunet prepare msd --source {output} --output DATASET", markup=False)
+
+
+@app.command("stats")
+def stats_command(
+    folder: Annotated[Path, typer.Argument(help="A dataset folder (train|valid|test/...).")],
+) -> None:
+    """Recount a dataset folder; rewrite its statistics.json and statistics.png."""
+    from flexunet_k3.data.statistics import update_statistics
+
+    _print_statistics(update_statistics(folder), folder)
+
+
+def _numbers(text: str, count: int, option: str) -> list[float]:
+    """Parse "A,B,..." into `count` floats, or stop with one line naming the option."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise UserError(f"{option} {text!r}: need {count} comma-separated numbers")
+    return values
+
+
+def _print_statistics(stats: dict, folder: Path) -> None:
+    from flexunet_k3.data.statistics import SPLITS
+
+    table = Table(
+        "split", "images", "cases", "tumor pixels", "tumor-free images", title=str(folder)
+    )
+    for split in SPLITS:
+        table.add_row(
+            split,
+            str(stats["images"][split]),
+            str(stats["cases"][split]),
+            f"{stats['tumor_pixel_share'][split]:.3%}",
+            str(stats["tumor_free_images"][split]),
+        )
+    table.add_row("mini_test", str(stats["images"]["mini_test"]), "", "", "")
+    console.print(table)
+    if "tumor_free_slices_dropped" in stats:
+        console.print(f"tumor-free slices dropped: {stats['tumor_free_slices_dropped']}")
+    for case, problem in stats.get("skipped_cases", {}).items():
+        console.print(f"skipped case {case}: {problem}", markup=False)

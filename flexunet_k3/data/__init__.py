@@ -1,0 +1,1 @@
+"""Data: MSD conversion, synthetic phantoms, image/mask reading, augmentation, the loader."""

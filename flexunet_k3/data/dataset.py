@@ -1,0 +1,227 @@
+"""The streaming loader: image/mask pairs -> batches of (float32 images, int32 labels)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+import keras
+import numpy as np
+
+from flexunet_k3.config import Config
+from flexunet_k3.data.augment import Augmenter
+from flexunet_k3.data.images import pair_files, read_image, resize_image, resize_labels
+from flexunet_k3.data.masks import read_mask
+from flexunet_k3.progress import track
+
+Size = tuple[int, int]
+
+
+def to_float(images: np.ndarray, normalize: bool) -> np.ndarray:
+    """uint8 images as float32: scaled to 0..1 when `normalize`, else kept at 0..255."""
+    return np.multiply(images, np.float32(1 / 255 if normalize else 1), dtype=np.float32)
+
+
+def load_pair(image_path: Path, mask_path: Path, size: Size, channels: int, colors):
+    """(uint8 (h, w, C) image, uint8 (h, w) labels, off-color pixel count) at `size`."""
+    image = resize_image(read_image(image_path, channels), size)
+    labels, off_color = read_mask(mask_path, colors)
+    return image, resize_labels(labels, size), off_color
+
+
+class SegmentationDataset(keras.utils.PyDataset):
+    """Batches of (images float32 (B, H, W, C), labels int32 (B, H, W)) from (image, mask) pairs.
+
+    Shuffling and augmentation are seeded per epoch: the same seed gives the same batches.
+    `cache` keeps decoded arrays in memory or in a memmapped .npy under `cache_dir`, so files
+    are decoded once; uncached, only the current batch (and worker prefetch) is in memory.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Path, Path]],
+        image_size: Size,
+        channels: int,
+        colors: Sequence[Sequence[int]],
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        augmenter: Augmenter | None = None,
+        cache: Literal["none", "memory", "disk"] = "none",
+        cache_dir: Path | None = None,
+        normalize: bool = True,
+        workers: int = 0,
+    ):
+        super().__init__(workers=max(workers, 1), use_multiprocessing=False)
+        self.pairs = list(pairs)
+        self.image_size = tuple(image_size)
+        self.channels = channels
+        self.colors = [tuple(color) for color in colors]
+        self.batch_size = batch_size
+        self.shuffle, self.seed, self.augmenter = shuffle, seed, augmenter
+        self.normalize = normalize
+        self._off_color = np.full(len(self.pairs), -1, np.int64)  # -1: not read yet
+        self._warn_once = threading.Lock()  # acquired by the one warning, never released
+        self._images = self._labels = None
+        if cache == "disk":
+            if cache_dir is None:
+                raise ValueError("cache='disk' needs a cache_dir")
+            self._open_disk_cache(Path(cache_dir), workers)
+        elif cache == "memory":
+            self._images, self._labels = (np.empty(shape, np.uint8) for shape in self._shapes())
+            self._fill_cache(workers)
+        self.set_epoch(0)
+
+    def __len__(self) -> int:
+        return -(-len(self.pairs) // self.batch_size)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        samples = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        if self._images is not None:
+            images, labels = self._images[samples], self._labels[samples]
+        else:
+            images, labels = self._read_batch(samples)
+        if self.augmenter is not None:
+            for row, sample in enumerate(samples):
+                rng = self.augmenter.rng(self.epoch, int(sample))
+                images[row], labels[row] = self.augmenter(images[row], labels[row], rng)
+        return to_float(images, self.normalize), labels.astype(np.int32)
+
+    def on_epoch_end(self) -> None:
+        self.set_epoch(self.epoch + 1)
+
+    @property
+    def off_color_pixels(self) -> int:
+        """Mask pixels not exactly a class color, over the masks read so far."""
+        return int(self._off_color[self._off_color > 0].sum())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order and augmentation of `epoch`.
+
+        Keras's fit peeks at a batch and calls on_epoch_end once before the first epoch, so
+        training should call this from a callback's on_epoch_begin (and fit with shuffle=False)
+        for the same data on every backend, and when resuming at a later epoch.
+        """
+        self.epoch = epoch
+        count = len(self.pairs)
+        if self.shuffle:
+            self.order = np.random.default_rng([self.seed, epoch]).permutation(count)
+        else:
+            self.order = np.arange(count)
+
+    def _shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shapes of the (images, labels) arrays that hold every pair."""
+        height, width = self.image_size
+        count = len(self.pairs)
+        return (count, height, width, self.channels), (count, height, width)
+
+    def _load(self, sample: int):
+        image_path, mask_path = self.pairs[sample]
+        return load_pair(image_path, mask_path, self.image_size, self.channels, self.colors)
+
+    def _read_batch(self, samples: np.ndarray):
+        height, width = self.image_size
+        images = np.empty((len(samples), height, width, self.channels), np.uint8)
+        labels = np.empty((len(samples), height, width), np.uint8)
+        for row, sample in enumerate(samples):
+            images[row], labels[row], self._off_color[sample] = self._load(int(sample))
+        self._warn_off_color()
+        return images, labels
+
+    def _fill_cache(self, workers: int) -> None:
+        with ThreadPoolExecutor(max(workers, 1)) as pool:
+            loaded = pool.map(self._load, range(len(self.pairs)))
+            for sample, item in enumerate(track(loaded, "caching images", total=len(self.pairs))):
+                self._images[sample], self._labels[sample], self._off_color[sample] = item
+        self._warn_off_color()
+
+    def _cache_key(self) -> str:
+        """A digest of the files (names, sizes, mtimes), the target size and the classes."""
+        stats = [(str(path), path.stat()) for pair in self.pairs for path in pair]
+        files = [[name, stat.st_size, stat.st_mtime_ns] for name, stat in stats]
+        text = json.dumps([files, self.image_size, self.channels, self.colors])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _open_disk_cache(self, cache_dir: Path, workers: int) -> None:
+        """Reuse `<key>.json` + .npy files if complete, else decode into new ones."""
+        key = self._cache_key()
+        done = cache_dir / f"{key}.json"
+        names = cache_dir / f"{key}-images.npy", cache_dir / f"{key}-labels.npy"
+        if done.is_file():
+            self._images, self._labels = (np.load(name, mmap_mode="r") for name in names)
+            self._off_color[:] = json.loads(done.read_text())["off_color"]
+            self._warn_off_color()
+            return
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = [name.with_suffix(".partial.npy") for name in names]
+        self._images, self._labels = (
+            np.lib.format.open_memmap(path, "w+", np.uint8, shape)
+            for path, shape in zip(partial, self._shapes(), strict=True)
+        )
+        self._fill_cache(workers)
+        for array, source, target in zip((self._images, self._labels), partial, names, strict=True):
+            array.flush()
+            os.replace(source, target)
+        done.write_text(json.dumps({"off_color": self._off_color.tolist()}))
+
+    def _warn_off_color(self) -> None:
+        """Warn once, when every mask has been read, if any pixel was not a class color."""
+        if (self._off_color < 0).any() or not self._warn_once.acquire(blocking=False):
+            return
+        total = self.off_color_pixels
+        if total:
+            masks = int((self._off_color > 0).sum())
+            warnings.warn(
+                f"{self.pairs[0][1].parent}: {total} pixels in {masks} masks are not exactly a "
+                "class color and were mapped to the nearest class; check data.classes",
+                stacklevel=2,
+            )
+
+
+def dataset_from_config(
+    config: Config,
+    split: Literal["train", "valid", "test"],
+    *,
+    training: bool,
+    cache_dir: Path | None = None,
+) -> SegmentationDataset:
+    """The loader for one split; shuffled and augmented only when `training`."""
+    augment = training and config.augment.enabled
+    return SegmentationDataset(
+        pair_files(*config.data.split_dirs(split)),
+        (config.model.image_height, config.model.image_width),
+        config.model.image_channels,
+        [spec.color for spec in config.data.classes],
+        config.train.batch_size,
+        shuffle=training,
+        seed=config.train.seed,
+        augmenter=Augmenter(config.augment, config.train.seed) if augment else None,
+        cache=config.data.cache,
+        cache_dir=cache_dir or config.train.output_dir / "cache",
+        normalize=not config.model.input_normalize,
+        workers=config.data.workers,
+    )
+
+
+def image_batches(
+    paths: Sequence[Path], config: Config, batch_size: int | None = None
+) -> Iterator[tuple[list[Path], np.ndarray, list[Size]]]:
+    """(paths, float32 (B, H, W, C) batch at the model size, original (h, w) sizes) chunks."""
+    size = (config.model.image_height, config.model.image_width)
+    batch_size = batch_size or config.infer.batch_size
+    for start in range(0, len(paths), batch_size):
+        chunk = list(paths[start : start + batch_size])
+        images = [read_image(path, config.model.image_channels) for path in chunk]
+        batch = np.stack([resize_image(image, size) for image in images])
+        sizes = [image.shape[:2] for image in images]
+        yield chunk, to_float(batch, not config.model.input_normalize), sizes

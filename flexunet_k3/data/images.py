@@ -1,0 +1,123 @@
+"""Reading, resizing, listing and pairing image files (numpy + Pillow, no keras)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from flexunet_k3.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MASK_SUFFIXES = (*IMAGE_SUFFIXES, ".npz")
+_GRAY_BANDS = {"L", "1", "A", "I", "F"}
+_SHOWN = 5
+
+
+def open_image(path: Path) -> Image.Image:
+    """A decoded image in mode "L" (gray) or "RGB"; alpha dropped, 16-bit scaled to 8-bit."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _to_8bit(img)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{path}: cannot read image ({exc}); replace or remove the file") from None
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    if img.mode in ("L", "RGB"):
+        return img
+    if img.mode.startswith("I"):  # 16- or 32-bit integer gray: 0..65535 -> 0..255
+        values = np.clip(np.asarray(img), 0, 65535).astype(np.uint32)
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
+    return img.convert("L" if set(img.getbands()) <= _GRAY_BANDS else "RGB")
+
+
+def read_image(path: Path, channels: int) -> np.ndarray:
+    """An image file as uint8 (H, W, channels): gray is repeated to RGB, RGB is made gray."""
+    img = open_image(path).convert("L" if channels == 1 else "RGB")
+    return np.asarray(img).reshape(img.height, img.width, channels)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a uint8 (H, W, C) image to `size` = (height, width)."""
+    if image.shape[:2] == tuple(size):
+        return image
+    channels = image.shape[2]
+    img = Image.fromarray(image[..., 0] if channels == 1 else image)
+    resized = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(resized).reshape(size[0], size[1], channels)
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a uint8 (H, W) label map, so ids stay valid."""
+    if labels.shape == tuple(size):
+        return labels
+    img = Image.fromarray(labels).resize((size[1], size[0]), Image.Resampling.NEAREST)
+    return np.asarray(img)
+
+
+def _listing(names: list[str]) -> str:
+    more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
+    return ", ".join(names[:_SHOWN]) + more
+
+
+def list_images(folder: Path, suffixes=IMAGE_SUFFIXES) -> tuple[list[Path], list[str]]:
+    """(sorted image files, names of other files) in `folder`; hidden files are ignored."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: folder not found; check the path in the config")
+    paths, skipped = [], []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.is_dir():
+            continue
+        (paths if path.suffix.lower() in suffixes else skipped).append(path)
+    if not paths:
+        raise UserError(
+            f"{folder}: no image files ({' '.join(suffixes)}) found; "
+            "put the files there or fix the path in the config"
+        )
+    return paths, [path.name for path in skipped]
+
+
+def image_files(folder: Path, suffixes=IMAGE_SUFFIXES) -> list[Path]:
+    """`list_images`, warning about the files it skipped."""
+    paths, skipped = list_images(folder, suffixes)
+    if skipped:
+        warnings.warn(f"{folder}: skipped non-image files: {_listing(skipped)}", stacklevel=2)
+    return paths
+
+
+def _by_stem(folder: Path, suffixes) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in image_files(folder, suffixes):
+        if path.stem in found:
+            raise UserError(
+                f"{folder}: {found[path.stem].name} and {path.name} share the name "
+                f"{path.stem!r}; keep one of them"
+            )
+        found[path.stem] = path
+    return found
+
+
+def pair_files(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs matched by file stem, sorted by name; a UserError if any is alone."""
+    images = _by_stem(images_dir, IMAGE_SUFFIXES)
+    masks = _by_stem(masks_dir, MASK_SUFFIXES)
+    lonely_images = sorted(images.keys() - masks.keys())
+    lonely_masks = sorted(masks.keys() - images.keys())
+    if lonely_images or lonely_masks:
+        problems = []
+        if lonely_images:
+            names = [images[stem].name for stem in lonely_images]
+            problems.append(f"{len(names)} images without a mask ({_listing(names)})")
+        if lonely_masks:
+            names = [masks[stem].name for stem in lonely_masks]
+            problems.append(f"{len(names)} masks without an image ({_listing(names)})")
+        raise UserError(
+            f"{images_dir} and {masks_dir} do not pair up: {'; '.join(problems)}; "
+            "each image needs a mask with the same file name (any extension)"
+        )
+    return [(images[stem], masks[stem]) for stem in sorted(images)]

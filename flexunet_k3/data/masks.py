@@ -1,0 +1,80 @@
+"""Mask colors <-> class ids (numpy + Pillow, no keras)."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from flexunet_k3.data.images import open_image
+from flexunet_k3.errors import UserError
+
+Color = Sequence[int]
+_GRAYS = np.repeat(np.arange(256, dtype=np.int32)[:, None], 3, axis=1)
+
+
+def _nearest(pixels: np.ndarray, colors: Sequence[Color]) -> tuple[np.ndarray, np.ndarray]:
+    """(index of the nearest color, exact match?) for each row of an (N, 3) int array."""
+    best = np.zeros(len(pixels), np.uint8)
+    best_distance = np.full(len(pixels), np.iinfo(np.int32).max, np.int32)
+    for class_id, color in enumerate(colors):
+        distance = ((pixels - np.asarray(color, np.int32)) ** 2).sum(axis=1, dtype=np.int32)
+        closer = distance < best_distance
+        best[closer] = class_id
+        best_distance[closer] = distance[closer]
+    return best, best_distance == 0
+
+
+def colors_to_labels(rgb: np.ndarray, colors: Sequence[Color]) -> tuple[np.ndarray, int]:
+    """(uint8 (H, W) class ids of the nearest class color, count of off-color pixels).
+
+    `rgb` is (H, W, 3) or gray (H, W), where a gray value g stands for the color (g, g, g).
+    """
+    if rgb.ndim == 2:  # a 256-entry lookup table serves every gray mask
+        ids, exact = _nearest(_GRAYS, colors)
+        return np.take(ids, rgb), int(np.count_nonzero(np.take(~exact, rgb)))
+    ids, exact = _nearest(rgb.reshape(-1, 3).astype(np.int32), colors)
+    return ids.reshape(rgb.shape[:2]), int(np.count_nonzero(~exact))
+
+
+def _read_npz(path: Path, num_classes: int) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = archive.files
+            key = "labels" if "labels" in names else names[0] if len(names) == 1 else None
+            if key is None:
+                raise UserError(
+                    f"{path}: holds arrays {names}; store the mask under the key 'labels'"
+                )
+            labels = archive[key]
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path}: cannot read mask ({exc}); replace or remove the file") from None
+    labels = labels.squeeze(axis=-1) if labels.ndim == 3 and labels.shape[-1] == 1 else labels
+    if labels.ndim != 2 or labels.dtype.kind not in "iub":
+        raise UserError(
+            f"{path}: expected a 2D integer label array, got {labels.dtype} {labels.shape}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UserError(
+            f"{path}: label ids {int(labels.min())}..{int(labels.max())} are outside "
+            f"0..{num_classes - 1}; check data.classes"
+        )
+    return labels.astype(np.uint8)
+
+
+def read_mask(path: Path, colors: Sequence[Color]) -> tuple[np.ndarray, int]:
+    """(uint8 (H, W) class ids, off-color pixel count) from a color/gray image or an .npz."""
+    path = Path(path)
+    if path.suffix.lower() == ".npz":
+        return _read_npz(path, len(colors)), 0
+    return colors_to_labels(np.asarray(open_image(path)), colors)
+
+
+def labels_to_palette_image(labels: np.ndarray, colors: Sequence[Color]) -> Image.Image:
+    """A palette ("P" mode) image whose pixel values are class ids and palette the class colors."""
+    img = Image.fromarray(np.asarray(labels, np.uint8))
+    img.putpalette([int(c) for color in colors for c in color])
+    return img

@@ -1,0 +1,445 @@
+"""`prepare msd`: Medical Segmentation Decathlon volumes -> 2D PNG slices, split by patient.
+
+Reads `dataset.json`, `imagesTr/*.nii.gz` and `labelsTr/*.nii.gz` from the extracted task
+folder or straight from the `.tar` (members are read in memory, never extracted; macOS `._*`
+files are skipped). Each case is turned so that axial slices look the way radiologists view
+them (patient's anterior at the top, patient's right on the image's left), windowed to 8-bit,
+resized, and written as `{case}_{slice}.png` (case = the number in the file name, slice = the
+axial index in the volume). Everything is written in a temporary folder beside the output and
+moved into place at the end, so a failed run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import logging
+import os
+import posixpath
+import re
+import shutil
+import tarfile
+import tempfile
+import warnings
+import zlib
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations
+from nibabel.filebasedimages import ImageFileError
+from nibabel.imageglobals import logger as nibabel_logger
+from nibabel.spatialimages import HeaderDataError
+from nibabel.wrapstruct import WrapStructError
+from PIL import Image
+
+from ..errors import UserError
+from ..progress import track
+from .statistics import MINI_TEST, SPLITS, STATISTICS_FILES, dataset_statistics, write_statistics
+
+# Soft-tissue (mediastinal) window, W350 L50: lungs and fat black, muscle and blood mid grey,
+# contrast-filled vessels light, bone white, as in the original tool's Lung-Tumor PNGs.
+DEFAULT_WINDOW = (-125.0, 225.0)
+DEFAULT_SPLIT = (0.7, 0.15, 0.15)
+SOURCE_HINT = "give Task06_Lung.tar or its extracted folder (dataset.json, imagesTr, labelsTr)"
+
+
+@dataclass(frozen=True)
+class Source:
+    """An extracted task folder, or a tar holding one; `root` is the task folder inside it."""
+
+    path: Path
+    root: str  # "" or "Task06_Lung/"
+    members: frozenset[str] | None = None  # names inside the tar; None for a folder
+
+    def has(self, name: str) -> bool:
+        """Whether the file or folder `name` (relative to the task folder) exists."""
+        if self.members is None:
+            return (self.path / self.root / name).exists()
+        full = self.root + name
+        return full in self.members or any(m.startswith(full + "/") for m in self.members)
+
+    def read(self, name: str) -> bytes:
+        try:
+            if self.members is None:
+                return (self.path / self.root / name).read_bytes()
+            with tarfile.open(self.path) as tar:
+                return tar.extractfile(self.root + name).read()
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise UserError(f"{self.where(name)}: unreadable ({exc}); download it again") from None
+
+    def where(self, name: str) -> str:
+        """`name` as a user finds it: a path, or `archive.tar:member`."""
+        if self.members is None:
+            return str(self.path / self.root / name)
+        return f"{self.path}:{self.root}{name}"
+
+
+@dataclass(frozen=True)
+class CaseJob:
+    """One case to convert, and where and how to write its slices."""
+
+    source: Source
+    case: str
+    image: str
+    label: str
+    folder: Path
+    window: tuple[float, float]
+    size: int
+    keep_empty: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case: str
+    slices: int = 0
+    dropped: int = 0  # tumor-free slices left out
+    problem: str = ""  # why the case was skipped, if it was
+
+
+def prepare_msd(
+    source: Path,
+    output: Path,
+    *,
+    window: Sequence[float] = DEFAULT_WINDOW,
+    size: int = 512,
+    keep_empty: float = 0.0,
+    split: Sequence[float] = DEFAULT_SPLIT,
+    seed: int = 42,
+    mini_test: int = 10,
+    workers: int | None = None,
+    strict: bool = False,
+    overwrite: bool = False,
+) -> dict:
+    """Convert a Decathlon task (folder or .tar) into `train|valid|test|mini_test/images|masks`.
+
+    Defaults: window -125..225 HU (soft-tissue, like the original's PNGs), 512x512 slices
+    (images bilinear, masks nearest, masks 0/255), tumor-free slices dropped (`keep_empty`
+    keeps that seeded share of them), cases split 70/15/15 by patient with `seed` (each split
+    gets a case when there are 3 or more), 10 test slices copied to mini_test, `workers` =
+    min(4, CPUs) processes. A case whose image and label shapes differ is skipped with a
+    warning, or stops the run when `strict`. An output that holds a dataset is refused unless
+    `overwrite`, which replaces only the files and folders this writes. Returns the statistics
+    written to statistics.json.
+    """
+    settings = _check_settings(window, size, keep_empty, split, mini_test, workers)
+    window = tuple(settings["window"])
+    output = Path(output)
+    task = open_source(Path(source))
+    cases = read_cases(task)
+    _check_output(output, overwrite)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    try:
+        jobs = [
+            CaseJob(
+                task, case, image, label, staging / "cases" / case, window, size, keep_empty, seed
+            )
+            for case, image, label in cases
+        ]
+        results = _convert(jobs, settings["workers"], strict)
+        _arrange(staging, results, settings["split"], seed, mini_test)
+        stats = dataset_statistics(staging)
+        stats["tumor_free_slices_dropped"] = sum(r.dropped for r in results)
+        stats["skipped_cases"] = {r.case: r.problem for r in results if r.problem}
+        stats["settings"] = {"source": str(source), **settings, "seed": seed}
+        write_statistics(staging, stats, output.resolve().name)
+        _install(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # our own temporary folder, never the output
+    return stats
+
+
+def open_source(path: Path) -> Source:
+    """Find the task folder (the one holding dataset.json) in a folder or a tar, one level deep
+    at most, and check it has imagesTr."""
+    if not path.exists():
+        raise UserError(f"{path}: not found; {SOURCE_HINT}")
+    if path.is_dir():
+        members = None
+        names = [p.relative_to(path).as_posix() for p in path.glob("dataset.json")]
+        names += [p.relative_to(path).as_posix() for p in sorted(path.glob("*/dataset.json"))]
+        if not names and not any(path.iterdir()):
+            raise UserError(f"{path}: empty folder; {SOURCE_HINT}")
+    else:
+        members = _tar_members(path)
+        names = sorted(m for m in members if posixpath.basename(m) == "dataset.json")
+    if not names:
+        raise UserError(f"{path}: no dataset.json found; {SOURCE_HINT}")
+    task = Source(path, min(names, key=len)[: -len("dataset.json")], members)
+    if not task.has("imagesTr"):
+        raise UserError(f"{task.where('imagesTr')}: missing; {SOURCE_HINT}")
+    return task
+
+
+def read_cases(task: Source) -> list[tuple[str, str, str]]:
+    """(case id, image, label) for each training pair listed in dataset.json, sorted by case."""
+    where = task.where("dataset.json")
+    try:
+        training = json.loads(task.read("dataset.json"))["training"]
+        pairs = [(posixpath.normpath(i["image"]), posixpath.normpath(i["label"])) for i in training]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"{where}: not a Decathlon dataset.json ({type(exc).__name__}: {exc}); "
+            'it needs a "training" list of {"image": ..., "label": ...}'
+        ) from None
+    if not pairs:
+        raise UserError(f'{where}: the "training" list is empty; nothing to prepare')
+    cases = {}
+    for image, label in pairs:
+        for name in (image, label):
+            if not task.has(name):
+                raise UserError(f"{task.where(name)}: missing (listed in {where})")
+        case = case_id(image)
+        if case in cases:
+            raise UserError(f"{where}: two images have case id {case}; file names must differ")
+        cases[case] = (case, image, label)
+    return [cases[case] for case in sorted(cases)]
+
+
+def case_id(name: str) -> str:
+    """The last number in a file name: `imagesTr/lung_036.nii.gz` -> `036` (else the stem)."""
+    stem = posixpath.basename(name).split(".")[0]
+    numbers = re.findall(r"\d+", stem)
+    return numbers[-1] if numbers else stem.replace("_", "-")
+
+
+def to_display(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Reorder a volume to (row, column, slice) as radiologists view axial slices.
+
+    Rows run from the patient's anterior to posterior, columns from the patient's right to
+    left (nibabel orientation codes P, L); the axial axis keeps the file's direction, so slice
+    indices are the file's.
+    """
+    current = orientations.io_orientation(affine)
+    axial = int(np.flatnonzero(current[:, 0] == 2)[0])
+    target = np.array([[1, -1], [0, -1], [2, current[axial, 1]]])
+    return orientations.apply_orientation(volume, orientations.ornt_transform(current, target))
+
+
+def split_cases(cases: Sequence[str], fractions: Sequence[float], seed: int) -> dict:
+    """Shuffle cases with `seed` and cut them into train/valid/test by `fractions`.
+
+    Counts are rounded by largest remainder; with 3 or more cases every split with a
+    fraction above 0 gets at least one case.
+    """
+    order = [sorted(cases)[i] for i in np.random.default_rng(seed).permutation(len(cases))]
+    n = len(order)
+    counts = [int(f * n) for f in fractions]
+    by_remainder = sorted(range(3), key=lambda i: counts[i] - fractions[i] * n)
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    if n >= 3:
+        for i in (i for i in range(3) if fractions[i] > 0 and counts[i] == 0):
+            counts[counts.index(max(counts))] -= 1
+            counts[i] += 1
+    bounds = np.cumsum([0, *counts])
+    return {split: order[bounds[i] : bounds[i + 1]] for i, split in enumerate(SPLITS)}
+
+
+def convert_case(job: CaseJob) -> CaseResult:
+    """Write the kept slices of one case as 8-bit PNG pairs in `job.folder/images|masks`."""
+    image, image_affine = _load(job.source, job.image)
+    label, label_affine = _load(job.source, job.label)
+    if image.shape != label.shape:
+        return CaseResult(
+            job.case,
+            problem=f"case {job.case}: image {job.source.where(job.image)} has shape "
+            f"{image.shape} but its label has {label.shape}",
+        )
+    image = to_display(image, image_affine)
+    mask = to_display(label, label_affine) > 0
+    tumor = mask.any(axis=(0, 1))
+    empty = np.flatnonzero(~tumor)
+    rng = np.random.default_rng([job.seed, zlib.crc32(job.case.encode())])
+    kept = rng.choice(empty, size=round(job.keep_empty * len(empty)), replace=False)
+    chosen = np.union1d(np.flatnonzero(tumor), kept)
+    for kind in ("images", "masks"):
+        (job.folder / kind).mkdir(parents=True, exist_ok=True)
+    low, high = job.window
+    for index in chosen:
+        name = f"{job.case}_{index}.png"
+        grey = (np.clip(image[:, :, index], low, high) - low) * (255.0 / (high - low))
+        _resized(grey.astype(np.float32), job.size, Image.Resampling.BILINEAR).save(
+            job.folder / "images" / name
+        )
+        binary = mask[:, :, index].astype(np.uint8) * 255
+        _resized(binary, job.size, Image.Resampling.NEAREST).save(job.folder / "masks" / name)
+    return CaseResult(job.case, slices=len(chosen), dropped=len(empty) - len(kept))
+
+
+def _check_settings(window, size, keep_empty, split, mini_test, workers) -> dict:
+    """Validate the options; return them as recorded in statistics.json."""
+    window, split = [float(v) for v in window], [float(v) for v in split]
+    if len(window) != 2 or window[0] >= window[1]:
+        raise UserError(f"window {window}: need LOW,HIGH Hounsfield units with LOW < HIGH")
+    if not 16 <= size <= 4096:
+        raise UserError(f"size {size}: need 16 to 4096 pixels")
+    if not 0.0 <= keep_empty <= 1.0:
+        raise UserError(f"keep-empty {keep_empty}: need a share from 0 to 1")
+    if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1.0) > 1e-6:
+        raise UserError(f"split {split}: need three fractions (train, valid, test) summing to 1")
+    if mini_test < 0 or (workers is not None and workers < 1):
+        raise UserError(
+            f"mini-test {mini_test}, workers {workers}: need mini-test >= 0, workers >= 1"
+        )
+    workers = workers or min(4, os.cpu_count() or 1)
+    return {
+        "window": window,
+        "size": size,
+        "keep_empty": keep_empty,
+        "split": split,
+        "mini_test": mini_test,
+        "workers": workers,
+    }
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output}: is a file; give a folder for the dataset")
+    found = [name for name in (*SPLITS, MINI_TEST, *STATISTICS_FILES) if (output / name).exists()]
+    if found and not overwrite:
+        raise UserError(
+            f"{output}: already holds a dataset ({', '.join(found)}); "
+            "pass --overwrite to replace it, or choose another output folder"
+        )
+
+
+def _convert(jobs: list[CaseJob], workers: int, strict: bool) -> list[CaseResult]:
+    """Convert every case with a progress bar; warn about (or, strict, stop at) bad cases."""
+    results = []
+    with _results(jobs, workers) as finished:
+        for result in track(finished, "prepare msd (cases)", total=len(jobs)):
+            if result.problem and strict:
+                raise UserError(f"{result.problem}; fix the case, or run without --strict")
+            if result.problem:
+                warnings.warn(f"{result.problem}; skipped", UserWarning, stacklevel=3)
+            results.append(result)
+    return sorted(results, key=lambda result: result.case)
+
+
+@contextlib.contextmanager
+def _results(jobs: list[CaseJob], workers: int) -> Iterator[Iterator[CaseResult]]:
+    """Case results as they finish: here for one worker, else from a process pool (cancelled
+    when the caller stops early)."""
+    if workers == 1 or len(jobs) == 1:
+        yield map(convert_case, jobs)
+        return
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)))
+    try:
+        futures = [pool.submit(convert_case, job) for job in jobs]
+        yield (future.result() for future in as_completed(futures))
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _arrange(staging: Path, results: list[CaseResult], split, seed: int, mini_test: int) -> None:
+    """Move each case's slices into its split, and copy a seeded sample of test slices."""
+    written = [result.case for result in results if result.slices]
+    if not written:
+        raise UserError("no slice with a tumor in any case; check the labels, or use --keep-empty")
+    for name, cases in split_cases(written, split, seed).items():
+        for kind in ("images", "masks"):
+            (staging / name / kind).mkdir(parents=True)
+            for case in cases:
+                for path in sorted((staging / "cases" / case / kind).iterdir()):
+                    os.replace(path, staging / name / kind / path.name)
+    tests = sorted(path.name for path in (staging / "test" / "images").iterdir())
+    picked = np.random.default_rng(seed).permutation(len(tests))[:mini_test]
+    for kind in ("images", "masks"):
+        (staging / MINI_TEST / kind).mkdir(parents=True)
+        for index in sorted(picked):
+            name = tests[index]
+            shutil.copyfile(staging / "test" / kind / name, staging / MINI_TEST / kind / name)
+
+
+def _install(staging: Path, output: Path) -> None:
+    """Replace the dataset in `output` by the staged one, leaving any other file there alone."""
+    output.mkdir(parents=True, exist_ok=True)
+    for name in (*SPLITS, MINI_TEST):
+        for kind in ("images", "masks"):
+            for path in (output / name / kind).glob("*.png"):
+                path.unlink()
+            _remove_if_empty(output / name / kind)
+        _remove_if_empty(output / name)
+    for name in (*SPLITS, MINI_TEST, *STATISTICS_FILES):
+        _move(staging / name, output / name)
+
+
+def _move(source: Path, target: Path) -> None:
+    """Rename onto target; into a folder that is still there (holding other files) entry-wise."""
+    if target.is_dir():
+        for child in source.iterdir():
+            _move(child, target / child.name)
+    else:
+        os.replace(source, target)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def _tar_members(path: Path) -> frozenset[str]:
+    try:
+        with tarfile.open(path) as tar:
+            names = tar.getnames()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(
+            f"{path}: not a readable tar archive ({exc}); it may be truncated or corrupt: "
+            "download it again, or give the extracted folder"
+        ) from None
+    return frozenset(n for n in names if not posixpath.basename(n).startswith("._"))
+
+
+def _load(task: Source, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(3D voxel array, affine) of a NIfTI file given as bytes, gzipped or not."""
+    data = task.read(name)
+    try:
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        with _nibabel_silenced():
+            image = nib.Nifti1Image.from_bytes(data)
+        volume = np.asanyarray(image.dataobj)
+    except (
+        OSError,
+        EOFError,
+        zlib.error,
+        ValueError,
+        ImageFileError,
+        HeaderDataError,
+        WrapStructError,
+    ) as exc:
+        raise UserError(
+            f"{task.where(name)}: not a readable NIfTI file ({exc}); it may be truncated or "
+            "corrupt: download it again"
+        ) from None
+    if volume.ndim != 3:
+        raise UserError(f"{task.where(name)}: {volume.ndim}D volume; need a 3D CT volume")
+    return volume, image.affine
+
+
+@contextlib.contextmanager
+def _nibabel_silenced() -> Iterator[None]:
+    """Keep nibabel from logging header problems on stderr: they come back as one UserError."""
+    level = nibabel_logger.level
+    nibabel_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        nibabel_logger.setLevel(level)
+
+
+def _resized(plane: np.ndarray, size: int, resample: Image.Resampling) -> Image.Image:
+    """A size x size 8-bit grey image of a 2D array (float images or uint8 masks)."""
+    resized = np.asarray(
+        Image.fromarray(np.ascontiguousarray(plane)).resize((size, size), resample)
+    )
+    if resized.dtype != np.uint8:
+        resized = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    return Image.fromarray(resized)

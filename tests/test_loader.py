@@ -1,0 +1,335 @@
+"""Pairing, mask colors, image reading, augmentation and the streaming loader (any backend)."""
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flexunet_k3.config import AugmentConfig, Config
+from flexunet_k3.data.augment import Augmenter
+from flexunet_k3.data.dataset import SegmentationDataset, dataset_from_config, image_batches
+from flexunet_k3.data.images import list_images, pair_files, read_image, resize_labels
+from flexunet_k3.data.masks import colors_to_labels, labels_to_palette_image, read_mask
+from flexunet_k3.errors import UserError
+
+BW = [(0, 0, 0), (255, 255, 255)]
+RGB3 = [(0, 0, 0), (255, 0, 0), (0, 255, 0)]
+ALL_ON = AugmentConfig(
+    enabled=True,
+    hflip=True,
+    vflip=True,
+    rotation_angles=[-20, 15],
+    shrink_ratios=[0.7],
+    shear=0.2,
+    elastic_alpha=300,
+    elastic_sigma=6,
+    brightness=0.2,
+    contrast=0.2,
+    probability=0.9,
+)
+
+
+def save(array, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def write_split(root, count=5, size=(24, 32), seed=0):
+    """`count` gray image/mask PNG pairs, each image bright where its mask is white."""
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        mask = np.zeros(size, np.uint8)
+        top, left = rng.integers(0, 12, 2)
+        mask[top : top + 8, left : left + 10] = 255
+        image = (rng.integers(0, 60, size) + (mask > 0) * 180).astype(np.uint8)
+        save(image, root / "images" / f"{index:03d}_1.png")
+        save(mask, root / "masks" / f"{index:03d}_1.png")
+    return root
+
+
+def make_dataset(root, **kwargs):
+    pairs = pair_files(root / "images", root / "masks")
+    options = {"image_size": (24, 32), "channels": 3, "colors": BW, "batch_size": 2}
+    return SegmentationDataset(pairs, **{**options, **kwargs})
+
+
+def all_batches(dataset):
+    return [dataset[index] for index in range(len(dataset))]
+
+
+# ---- pairing ---------------------------------------------------------------------------------
+
+
+def test_pairs_match_by_stem_whatever_the_order_and_extension(tmp_path):
+    gray = np.zeros((4, 4), np.uint8)
+    for name in ["c_2", "a_10", "b_1"]:
+        save(gray, tmp_path / "images" / f"{name}.png")
+    for name, suffix in [("b_1", ".bmp"), ("c_2", ".png"), ("a_10", ".tif")]:
+        save(gray, tmp_path / "masks" / f"{name}{suffix}")
+    np.savez(tmp_path / "masks" / "extra.npz", labels=gray)
+    save(gray, tmp_path / "images" / "extra.jpg")
+    (tmp_path / "images" / "notes.txt").write_text("not an image")
+    with pytest.warns(UserWarning, match="notes.txt"):
+        pairs = pair_files(tmp_path / "images", tmp_path / "masks")
+    assert [(i.name, m.name) for i, m in pairs] == [
+        ("a_10.png", "a_10.tif"),
+        ("b_1.png", "b_1.bmp"),
+        ("c_2.png", "c_2.png"),
+        ("extra.jpg", "extra.npz"),
+    ]
+
+
+def test_unpaired_files_are_listed_in_one_error(tmp_path):
+    gray = np.zeros((4, 4), np.uint8)
+    for name in ["a", "b", "only_image1", "only_image2"]:
+        save(gray, tmp_path / "images" / f"{name}.png")
+    for name in ["a", "b", "only_mask"]:
+        save(gray, tmp_path / "masks" / f"{name}.png")
+    with pytest.raises(UserError) as error:
+        pair_files(tmp_path / "images", tmp_path / "masks")
+    message = str(error.value)
+    assert "\n" not in message
+    assert "2 images without a mask (only_image1.png, only_image2.png)" in message
+    assert "1 masks without an image (only_mask.png)" in message
+
+
+def test_missing_or_empty_folders_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="folder not found"):
+        list_images(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.md").write_text("x")
+    with pytest.raises(UserError, match="no image files"):
+        list_images(tmp_path / "empty")
+
+
+# ---- masks -----------------------------------------------------------------------------------
+
+
+def test_colors_map_to_the_nearest_class_and_off_colors_are_counted():
+    rgb = np.array([[[0, 0, 0], [255, 0, 0], [240, 10, 0]], [[0, 250, 0], [20, 0, 0], [0, 255, 0]]])
+    labels, off = colors_to_labels(rgb.astype(np.uint8), RGB3)
+    assert labels.tolist() == [[0, 1, 1], [2, 0, 2]]
+    assert labels.dtype == np.uint8 and off == 3
+
+
+def test_gray_masks_read_as_gray_colors():
+    gray = np.array([[0, 255, 100, 200]], np.uint8)
+    labels, off = colors_to_labels(gray, BW)
+    assert labels.tolist() == [[0, 1, 0, 1]] and off == 2
+
+
+def test_npz_masks_are_read_and_validated(tmp_path):
+    labels = np.array([[0, 1], [2, 0]], np.int64)
+    np.savez(tmp_path / "keyed.npz", labels=labels, other=labels)
+    np.savez(tmp_path / "single.npz", labels[..., None])
+    for name in ("keyed.npz", "single.npz"):
+        read, off = read_mask(tmp_path / name, RGB3)
+        assert read.tolist() == labels.tolist() and read.dtype == np.uint8 and off == 0
+    with pytest.raises(UserError, match=r"outside 0\.\.1"):
+        read_mask(tmp_path / "keyed.npz", BW)
+    np.savez(tmp_path / "float.npz", labels=labels.astype(float))
+    with pytest.raises(UserError, match="integer"):
+        read_mask(tmp_path / "float.npz", RGB3)
+    np.savez(tmp_path / "two.npz", a=labels, b=labels)
+    with pytest.raises(UserError, match="'labels'"):
+        read_mask(tmp_path / "two.npz", RGB3)
+
+
+def test_palette_image_round_trips(tmp_path):
+    labels = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    img = labels_to_palette_image(labels, RGB3)
+    assert img.mode == "P"
+    assert np.asarray(img.convert("RGB"))[0, 1].tolist() == [255, 0, 0]
+    img.save(tmp_path / "mask.png")
+    read, off = read_mask(tmp_path / "mask.png", RGB3)
+    assert read.tolist() == labels.tolist() and off == 0
+
+
+# ---- images ----------------------------------------------------------------------------------
+
+
+def test_images_are_converted_to_the_configured_channels(tmp_path):
+    gray = save(np.full((5, 6), 90, np.uint8), tmp_path / "gray.png")
+    color = np.zeros((5, 6, 3), np.uint8)
+    color[..., 0] = 255
+    rgb = save(color, tmp_path / "rgb.bmp")
+    rgba = save(np.dstack([color, np.zeros((5, 6), np.uint8)]), tmp_path / "rgba.png")
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((5, 6), 65535, np.uint16)).save(deep)
+    assert read_image(gray, 3).shape == (5, 6, 3) and read_image(gray, 3)[0, 0].tolist() == [90] * 3
+    assert read_image(rgb, 3)[0, 0].tolist() == [255, 0, 0]
+    assert read_image(rgba, 3)[0, 0].tolist() == [255, 0, 0]
+    assert read_image(rgb, 1).shape == (5, 6, 1) and read_image(rgb, 1)[0, 0, 0] == 76
+    assert read_image(deep, 1).dtype == np.uint8 and read_image(deep, 1).max() == 255
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(UserError, match="broken.png"):
+        read_image(broken, 3)
+
+
+def test_other_sizes_are_resized_and_labels_stay_ids(tmp_path):
+    root = write_split(tmp_path, count=2, size=(48, 40))
+    images, labels = make_dataset(root)[0]
+    assert images.shape == (2, 24, 32, 3) and labels.shape == (2, 24, 32)
+    assert set(np.unique(labels)) <= {0, 1}
+    ids = np.arange(12, dtype=np.uint8).reshape(3, 4) % 3
+    assert set(np.unique(resize_labels(ids, (7, 9)))) <= {0, 1, 2}
+
+
+# ---- augmentation ----------------------------------------------------------------------------
+
+
+def square_pair(size=64):
+    labels = np.zeros((size, size), np.uint8)
+    labels[20:44, 12:36] = 2
+    image = np.where(labels[..., None] > 0, 220, 30).astype(np.uint8).repeat(3, axis=2)
+    return image, labels
+
+
+def test_augmentation_moves_image_and_mask_together():
+    image, labels = square_pair()
+    augmenter = Augmenter(ALL_ON.model_copy(update={"brightness": 0, "contrast": 0}), seed=3)
+    changed = 0
+    for index in range(12):
+        out_image, out_labels = augmenter(image, labels, augmenter.rng(0, index))
+        assert out_image.shape == image.shape and out_image.dtype == np.uint8
+        assert set(np.unique(out_labels)) <= {0, 2}
+        inside, outside = out_image[out_labels == 2, 0], out_image[out_labels == 0, 0]
+        assert (inside > 125).mean() > 0.95 and (outside < 125).mean() > 0.95
+        changed += not np.array_equal(out_labels, labels)
+    assert changed >= 10
+
+
+def test_augmentation_is_deterministic_per_seed():
+    image, labels = square_pair()
+
+    def run(seed, epoch):
+        augmenter = Augmenter(ALL_ON, seed)
+        return augmenter(image, labels, augmenter.rng(epoch, 5))
+
+    first, again, other = run(1, 0), run(1, 0), run(2, 0)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[0], other[0])
+    assert not np.array_equal(first[0], run(1, 1)[0])
+
+
+def test_intensity_changes_only_the_image():
+    image, labels = square_pair()
+    config = AugmentConfig(hflip=False, rotation_angles=[], brightness=0.3, probability=1.0)
+    augmenter = Augmenter(config, seed=0)
+    out_image, out_labels = augmenter(image, labels, augmenter.rng(0, 0))
+    assert np.array_equal(out_labels, labels) and not np.array_equal(out_image, image)
+
+
+# ---- the dataset -----------------------------------------------------------------------------
+
+
+def test_batches_have_the_right_shapes_and_types(tmp_path):
+    dataset = make_dataset(write_split(tmp_path), normalize=False)
+    assert len(dataset) == 3
+    batches = all_batches(dataset)
+    images, labels = batches[0]
+    assert images.shape == (2, 24, 32, 3) and images.dtype == np.float32
+    assert labels.shape == (2, 24, 32) and labels.dtype == np.int32
+    assert images.max() > 200 and set(np.unique(labels)) == {0, 1}
+    assert batches[-1][0].shape[0] == 1
+    assert make_dataset(tmp_path)[0][0].max() <= 1.0
+    with pytest.raises(IndexError):
+        dataset[3]
+
+
+def test_shuffle_order_follows_the_seed_and_the_epoch(tmp_path):
+    root = write_split(tmp_path, count=8)
+
+    def orders(seed):
+        dataset = make_dataset(root, shuffle=True, seed=seed)
+        first = dataset.order.tolist()
+        dataset.on_epoch_end()
+        return first, dataset.order.tolist()
+
+    assert orders(7) == orders(7)
+    assert orders(7) != orders(8)
+    assert orders(7)[0] != orders(7)[1]
+    assert sorted(orders(7)[0]) == list(range(8))
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_caches_give_the_same_batches_as_no_cache(tmp_path, cache):
+    root = write_split(tmp_path, count=5)
+    options = {"shuffle": True, "seed": 4, "augmenter": Augmenter(ALL_ON, seed=4)}
+    plain = make_dataset(root, **options)
+    cached = make_dataset(root, cache=cache, cache_dir=tmp_path / "cache", **options)
+    for _ in range(2):
+        for (a_images, a_labels), (b_images, b_labels) in zip(
+            all_batches(plain), all_batches(cached), strict=True
+        ):
+            assert np.array_equal(a_images, b_images) and np.array_equal(a_labels, b_labels)
+        plain.on_epoch_end()
+        cached.on_epoch_end()
+    if cache == "disk":
+        reused = make_dataset(root, cache="disk", cache_dir=tmp_path / "cache")
+        assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+        assert np.array_equal(reused[0][0], make_dataset(root)[0][0])
+
+
+def test_off_color_pixels_are_warned_once_with_the_total(tmp_path):
+    root = write_split(tmp_path, count=3)
+    for index in range(2):
+        path = root / "masks" / f"{index:03d}_1.png"
+        mask = np.asarray(Image.open(path)).copy()
+        mask[0, :5] = 128
+        save(mask, path)
+    dataset = make_dataset(root, batch_size=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        all_batches(dataset)
+        all_batches(dataset)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "10 pixels in 2 masks" in messages[0]
+    assert dataset.off_color_pixels == 10
+
+
+def test_dataset_from_config_augments_and_shuffles_only_for_training(tmp_path):
+    write_split(tmp_path / "data" / "train", count=4)
+    config = Config.model_validate(
+        {
+            "model": {"image_height": 32, "image_width": 32, "num_layers": 2},
+            "data": {"dataset": str(tmp_path / "data")},
+            "augment": {"enabled": True},
+            "train": {"batch_size": 3, "output_dir": str(tmp_path / "run")},
+        }
+    )
+    training = dataset_from_config(config, "train", training=True)
+    assert training.shuffle and training.augmenter is not None and len(training) == 2
+    evaluating = dataset_from_config(config, "train", training=False)
+    assert not evaluating.shuffle and evaluating.augmenter is None
+    assert evaluating[0][0].shape == (3, 32, 32, 3)
+    paths = sorted((tmp_path / "data" / "train" / "images").iterdir())
+    chunks = list(image_batches(paths, config, batch_size=3))
+    assert [len(chunk) for chunk, _, _ in chunks] == [3, 1]
+    assert chunks[0][1].shape == (3, 32, 32, 3) and chunks[0][2][0] == (24, 32)
+
+
+# ---- real CT slices --------------------------------------------------------------------------
+
+
+def test_real_ct_slices_load_as_two_classes():
+    folder = os.environ.get("FLEXUNET_REAL_CT")
+    if not folder:
+        pytest.skip("set FLEXUNET_REAL_CT to a folder with images/ and masks/ (real CT slices)")
+    root = Path(folder)
+    pairs = pair_files(root / "images", root / "masks")
+    assert len(pairs) == 12
+    dataset = SegmentationDataset(pairs, (512, 512), 3, BW, batch_size=4)
+    for images, labels in all_batches(dataset):
+        assert images.shape[1:] == (512, 512, 3)
+        assert set(np.unique(labels)) == {0, 1}
+        assert all(labels[row].any() for row in range(len(labels)))
+    assert dataset.off_color_pixels == 0

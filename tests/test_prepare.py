@@ -1,0 +1,277 @@
+"""`prepare`: synthetic phantoms, Decathlon volumes -> PNG slices split by patient, statistics."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from flexunet_k3.cli.app import app
+from flexunet_k3.data.msd import prepare_msd, split_cases
+from flexunet_k3.data.statistics import MINI_TEST, SPLITS, case_of, dataset_statistics
+from flexunet_k3.data.synthetic import write_synthetic_dataset
+from flexunet_k3.errors import UserError
+
+
+def pngs(folder: Path) -> dict[str, bytes]:
+    """Every slice PNG (split/kind/name.png) under folder, by relative path."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.glob("*/*/*.png")}
+
+
+def write_task(folder: Path, volumes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]):
+    """A Decathlon-style task folder from {case: (image, label, affine)}."""
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True)
+    training = []
+    for case, (image, label, affine) in volumes.items():
+        nib.save(nib.Nifti1Image(image, affine), folder / "imagesTr" / f"lung_{case}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), folder / "labelsTr" / f"lung_{case}.nii.gz")
+        training.append(
+            {"image": f"./imagesTr/lung_{case}.nii.gz", "label": f"./labelsTr/lung_{case}.nii.gz"}
+        )
+    (folder / "dataset.json").write_text(json.dumps({"training": training}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """12 synthetic cases, prepared at 512x512 (the acceptance run)."""
+    root = tmp_path_factory.mktemp("acceptance")
+    write_synthetic_dataset(root / "Task06_Lung", cases=12, seed=3, size=80, slices=20)
+    stats = prepare_msd(root / "Task06_Lung", root / "Lung-Tumor", size=512, workers=2)
+    return root / "Lung-Tumor", stats
+
+
+@pytest.fixture(scope="module")
+def small_task(tmp_path_factory):
+    """3 small synthetic cases (read only: copy before changing)."""
+    folder = tmp_path_factory.mktemp("small") / "Task06_Lung"
+    write_synthetic_dataset(folder, cases=3, seed=5, size=48, slices=12)
+    return folder
+
+
+def prepare_small(source: Path, output: Path, **options) -> dict:
+    return prepare_msd(source, output, size=64, workers=1, **options)
+
+
+def test_synthetic_layout_and_repeatable_bytes(tmp_path):
+    ids = write_synthetic_dataset(tmp_path / "a", cases=2, seed=9, size=48, slices=8)
+    write_synthetic_dataset(tmp_path / "b", cases=2, seed=9, size=48, slices=8)
+    write_synthetic_dataset(tmp_path / "c", cases=2, seed=10, size=48, slices=8)
+    meta = json.loads((tmp_path / "a" / "dataset.json").read_text())
+    assert ids == ["001", "002"] and meta["numTraining"] == 2
+    assert meta["labels"] == {"0": "background", "1": "cancer"}
+    assert meta["training"][1] == {
+        "image": "./imagesTr/lung_002.nii.gz",
+        "label": "./labelsTr/lung_002.nii.gz",
+    }
+    image = nib.load(tmp_path / "a" / "imagesTr" / "lung_001.nii.gz")
+    label = nib.load(tmp_path / "a" / "labelsTr" / "lung_001.nii.gz")
+    assert image.get_data_dtype() == np.int16 and label.get_data_dtype() == np.uint8
+    assert nib.aff2axcodes(image.affine) == ("L", "P", "S") and image.shape == (48, 48, 8)
+    assert set(np.unique(np.asarray(label.dataobj))) <= {0, 1}
+    hu = np.asarray(image.dataobj)
+    assert hu.min() < -900 and hu.max() > 500  # air and bone
+    files = ["dataset.json", "imagesTr/lung_002.nii.gz", "labelsTr/lung_001.nii.gz"]
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert (tmp_path / "a" / files[1]).read_bytes() != (tmp_path / "c" / files[1]).read_bytes()
+
+
+def test_split_cases_by_patient():
+    cases = [f"{i:03d}" for i in range(12)]
+    split = split_cases(cases, (0.7, 0.15, 0.15), seed=1)
+    assert [len(split[name]) for name in SPLITS] == [8, 2, 2]
+    assert sorted(sum(split.values(), [])) == cases
+    assert split == split_cases(list(reversed(cases)), (0.7, 0.15, 0.15), seed=1)
+    assert [len(v) for v in split_cases(cases[:3], (0.7, 0.15, 0.15), seed=1).values()] == [1, 1, 1]
+
+
+def test_prepare_synthetic_at_512(prepared):
+    out, stats = prepared
+    cases = {s: {case_of(p) for p in (out / s / "images").glob("*.png")} for s in SPLITS}
+    assert all(cases.values()), cases
+    assert not (cases["train"] & cases["valid"] or cases["train"] & cases["test"])
+    assert not cases["valid"] & cases["test"]
+    for split in (*SPLITS, MINI_TEST):
+        images = sorted(p.name for p in (out / split / "images").glob("*.png"))
+        assert images == sorted(p.name for p in (out / split / "masks").glob("*.png"))
+        for name in images:
+            image = np.asarray(Image.open(out / split / "images" / name))
+            mask = np.asarray(Image.open(out / split / "masks" / name))
+            assert image.shape == mask.shape == (512, 512) and image.dtype == np.uint8
+            assert set(np.unique(mask)) == {0, 255}, name
+    mini = {p.name for p in (out / MINI_TEST / "images").iterdir()}
+    assert len(mini) == min(10, stats["images"]["test"])
+    assert mini <= {p.name for p in (out / "test" / "images").iterdir()}
+    written = json.loads((out / "statistics.json").read_text())
+    on_disk = dataset_statistics(out)
+    assert {key: written[key] for key in on_disk} == on_disk
+    assert written["images"]["train"] == len(list((out / "train" / "images").iterdir()))
+    assert written["settings"]["window"] == [-125.0, 225.0] and written["skipped_cases"] == {}
+    assert 0 < on_disk["tumor_pixel_share"]["all"] < 0.05
+    assert (out / "statistics.png").read_bytes()[:4] == b"\x89PNG"
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def marker_case(storage: str):
+    """A 20x20x4 volume with a bright block in the patient's anterior-right, stored RAS or LPS."""
+    image = np.full((20, 20, 4), -1000, np.int16)
+    image[14:19, 13:18, 1:3] = 300  # voxel axes point to patient Right, Anterior, Superior
+    label = (image > 0).astype(np.uint8)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    if storage == "LPS":  # the same physical placement, first two voxel axes reversed
+        flip = np.array([[-1, 0, 0, 19], [0, -1, 0, 19], [0, 0, 1, 0], [0, 0, 0, 1]], float)
+        image, label, affine = image[::-1, ::-1], label[::-1, ::-1], affine @ flip
+    assert nib.aff2axcodes(affine) == tuple(storage)
+    return {"001": (image, label, affine)}
+
+
+def test_orientation_anterior_up_patient_right_on_image_left(tmp_path):
+    slices = {}
+    for storage in ("RAS", "LPS"):
+        task = write_task(tmp_path / storage, marker_case(storage))
+        prepare_msd(task, tmp_path / f"out-{storage}", size=32, workers=1)
+        slices[storage] = tmp_path / f"out-{storage}" / "train" / "images" / "001_1.png"
+        rows, cols = np.nonzero(np.asarray(Image.open(slices[storage])) > 128)
+        assert len(rows) and rows.max() < 16 and cols.max() < 16, storage  # top-left quadrant
+    assert slices["RAS"].read_bytes() == slices["LPS"].read_bytes()
+
+
+def make_tar(task: Path, path: Path, size: int | None = None) -> Path:
+    """task as Task06_Lung/ in a tar, with macOS `._` files; cut to `size` bytes if given."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(task, arcname="Task06_Lung")
+        for name in ("Task06_Lung/._dataset.json", "Task06_Lung/imagesTr/._lung_001.nii.gz"):
+            junk = b"\x00\x05\x16\x07 AppleDouble"
+            info = tarfile.TarInfo(name)
+            info.size = len(junk)
+            tar.addfile(info, io.BytesIO(junk))
+    path.write_bytes(buffer.getvalue()[:size])
+    return path
+
+
+def test_tar_and_folder_give_identical_pngs(small_task, tmp_path):
+    archive = make_tar(small_task, tmp_path / "Task06_Lung.tar")
+    from_folder = prepare_small(small_task, tmp_path / "from-folder")
+    from_tar = prepare_msd(archive, tmp_path / "from-tar", size=64, workers=2)
+    assert pngs(tmp_path / "from-tar") == pngs(tmp_path / "from-folder")
+    assert from_tar["images"] == from_folder["images"] and from_tar["images"]["train"] > 0
+
+
+def test_truncated_tar_is_refused(small_task, tmp_path):
+    whole = make_tar(small_task, tmp_path / "whole.tar")
+    archive = make_tar(small_task, tmp_path / "cut.tar", size=whole.stat().st_size // 2)
+    with pytest.raises(UserError, match=r"cut\.tar.*truncated"):
+        prepare_small(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_volume_leaves_nothing_behind(small_task, tmp_path):
+    task = shutil.copytree(small_task, tmp_path / "task")
+    volume = task / "imagesTr" / "lung_002.nii.gz"
+    volume.write_bytes(volume.read_bytes()[:5000])
+    with pytest.raises(UserError, match=r"lung_002\.nii\.gz.*corrupt"):
+        prepare_small(task, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["task"]
+
+
+def test_shape_mismatch_skipped_with_warning_or_strict_error(small_task, tmp_path):
+    task = shutil.copytree(small_task, tmp_path / "task")
+    label = nib.load(task / "labelsTr" / "lung_002.nii.gz")
+    smaller = np.asarray(label.dataobj)[:, :, :-2]
+    nib.save(nib.Nifti1Image(smaller, label.affine), task / "labelsTr" / "lung_002.nii.gz")
+    with pytest.warns(UserWarning, match="case 002"):
+        stats = prepare_small(task, tmp_path / "out")
+    assert list(stats["skipped_cases"]) == ["002"]
+    assert not list((tmp_path / "out").rglob("002_*.png"))
+    with pytest.raises(UserError, match="case 002"):
+        prepare_small(task, tmp_path / "strict", strict=True)
+    assert not (tmp_path / "strict").exists()
+
+
+def test_existing_dataset_refused_unless_overwrite(small_task, tmp_path):
+    out = tmp_path / "out"
+    prepare_small(small_task, out)
+    first = pngs(out)
+    (out / "notes.txt").write_text("mine")
+    (out / "train" / "images" / "keep.txt").write_text("mine too")
+    (out / "train" / "images" / "999_1.png").write_bytes(b"stale slice")
+    with pytest.raises(UserError, match="already holds a dataset.*--overwrite"):
+        prepare_small(small_task, out)
+    prepare_small(small_task, out, overwrite=True)
+    assert pngs(out) == first  # the stale slice is gone
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "train" / "images" / "keep.txt").read_text() == "mine too"
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ("missing", "not found"),
+        ("empty", "empty folder"),
+        ("no dataset.json", "no dataset.json"),
+        ("no imagesTr", "imagesTr: missing"),
+    ],
+)
+def test_bad_source_folders(tmp_path, layout, message):
+    source = tmp_path / "source"
+    if layout != "missing":
+        source.mkdir()
+    if layout == "no dataset.json":
+        (source / "imagesTr").mkdir()
+    if layout == "no imagesTr":
+        (source / "dataset.json").write_text('{"training": []}')
+    with pytest.raises(UserError, match=message):
+        prepare_small(source, tmp_path / "out")
+
+
+def test_bad_settings(small_task, tmp_path):
+    with pytest.raises(UserError, match="window"):
+        prepare_msd(small_task, tmp_path / "out", window=(200, -100))
+    with pytest.raises(UserError, match="split"):
+        prepare_msd(small_task, tmp_path / "out", split=(0.5, 0.2, 0.2))
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path):
+    flexunet = Path(sys.executable).with_name("flexunet")
+    if not flexunet.exists():
+        pytest.skip("the flexunet console script is not installed")
+    missing = tmp_path / "Task06_Lung.tar"
+    run = subprocess.run(
+        [flexunet, "prepare", "msd", "--source", missing, "--output", tmp_path / "out"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"error: {missing}: not found; give Task06_Lung.tar or its extracted folder "
+        "(dataset.json, imagesTr, labelsTr)"
+    ]
+
+
+def test_cli_synthetic_msd_and_stats(tmp_path):
+    runner = CliRunner()
+    source, out = tmp_path / "task", tmp_path / "out"
+    steps = [
+        ["prepare", "synthetic", "-o", source, "--cases", "3", "--size", "48", "--slices", "12"],
+        ["-q", "prepare", "msd", "-s", source, "-o", out, "--size", "64", "--window", "-160,240"],
+        ["-q", "prepare", "stats", out],
+    ]
+    for step in steps:
+        result = runner.invoke(app, [str(arg) for arg in step])
+        assert result.exit_code == 0, result.output
+    assert "train" in result.output and "tumor pixels" in result.output
+    assert json.loads((out / "statistics.json").read_text())["settings"]["window"] == [-160, 240]
