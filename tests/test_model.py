@@ -9,7 +9,7 @@ from keras import ops
 from flexunet_k3.config import ModelConfig, load_config
 from flexunet_k3.errors import UserError
 from flexunet_k3.models import build_model
-from flexunet_k3.models.flexunet import level_schedule
+from flexunet_k3.models.schedule import level_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 
