@@ -12,7 +12,7 @@ from rich.table import Table
 from flexunet_k3 import __version__, progress
 from flexunet_k3.errors import UserError
 
-from . import config_cmd, prepare_cmd
+from . import benchmark_cmd, config_cmd, prepare_cmd, run_cmd
 from .state import console, errors, options, use_backend
 
 app = typer.Typer(
@@ -23,6 +23,10 @@ app = typer.Typer(
 )
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(prepare_cmd.app, name="prepare")
+app.command("train")(run_cmd.train)
+app.command("evaluate")(run_cmd.evaluate)
+app.command("infer")(run_cmd.infer)
+app.command("benchmark")(benchmark_cmd.benchmark)
 
 
 def _version(value: bool) -> None:

@@ -185,6 +185,7 @@ class TrainConfig(Section):
     num_infer_images: Annotated[int, Field(ge=0)] = 6
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
     jit: Literal["auto", "on", "off"] = "auto"
+    steps_per_epoch: PositiveInt | None = None  # None: every batch; fewer for smoke runs
 
 
 class InferConfig(Section):

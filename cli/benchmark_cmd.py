@@ -1,0 +1,120 @@
+"""`flexunet benchmark`: the backends side by side on the configured model."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flexunet_k3 import progress
+from flexunet_k3.backend import BACKENDS, versions
+from flexunet_k3.benchmark import JIT_MODES, PRECISIONS, Case, Row, check_choices, run_case
+from flexunet_k3.config import load_config
+from flexunet_k3.run_folder import write_json
+
+from .state import console
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _fmt(value, digits=1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _table(rows: list[Row], title: str) -> Table:
+    table = Table(title=title)
+    for name in (
+        "backend",
+        "precision",
+        "jit",
+        "batch",
+        "train img/s",
+        "step ms p50/p90",
+        "warm-up s",
+        "infer img/s",
+        "TFLOP/s",
+        "host MB",
+        "dev MB",
+        "note",
+    ):
+        table.add_column(
+            name, justify="left" if name in ("backend", "precision", "note") else "right"
+        )
+    for row in rows:
+        c = row.case
+        table.add_row(
+            c.backend,
+            c.precision,
+            c.jit,
+            str(c.batch_size),
+            _fmt(row.train_images_per_s, 2),
+            "-"
+            if row.step_ms_median is None
+            else f"{row.step_ms_median:,.0f} / {row.step_ms_p90:,.0f}",
+            _fmt(row.warmup_s),
+            _fmt(row.infer_images_per_s, 2),
+            _fmt(row.train_tflops, 3),
+            _fmt(row.peak_host_mb, 0),
+            _fmt(row.peak_device_mb, 0),
+            row.error or "",
+        )
+    return table
+
+
+def benchmark(
+    config: Annotated[Path, typer.Option("--config", "-c", help="A YAML run config.")],
+    backends: Annotated[str, typer.Option(help="Comma-separated backends.")] = ",".join(BACKENDS),
+    precision: Annotated[str, typer.Option(help="Comma-separated: " + ", ".join(PRECISIONS))] = (
+        "float32"
+    ),
+    jit: Annotated[str, typer.Option(help="Comma-separated: " + ", ".join(JIT_MODES))] = "auto",
+    batch_size: Annotated[int | None, typer.Option(help="[default: train.batch_size]")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Timed training steps.")] = 10,
+    warmup: Annotated[int, typer.Option(min=1, help="Untimed first steps (compile).")] = 3,
+    timeout: Annotated[float, typer.Option(help="Seconds allowed per run.")] = 1800,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write the rows as JSON.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a value: section.key=value.")
+    ] = None,
+) -> None:
+    """Training and inference images/s, step times, FLOPs and memory per backend/precision/jit."""
+    cfg = load_config(config, overrides)
+    cases = [
+        Case(b, p, j, batch_size or cfg.train.batch_size, steps, warmup)
+        for b in check_choices(_split(backends), BACKENDS, "--backends")
+        for p in check_choices(_split(precision), PRECISIONS, "--precision")
+        for j in check_choices(_split(jit), JIT_MODES, "--jit")
+    ]
+    rows = [
+        run_case(str(config), overrides or [], case, timeout)
+        for case in progress.track(cases, "benchmark runs")
+    ]
+    m = cfg.model
+    title = (
+        f"{m.image_height}x{m.image_width}x{m.image_channels}, {m.num_layers} levels, "
+        f"base_filters {m.base_filters}, kernels {m.base_kernels[0]}"
+    )
+    console.print(_table(rows, title), width=max(console.width, 150))
+    if json_file:
+        write_json(
+            json_file,
+            {
+                "config": str(config),
+                "model": m.model_dump(mode="json"),
+                "machine": {
+                    "platform": platform.platform(),
+                    "processor": platform.processor(),
+                    "versions": versions(),
+                },
+                "rows": [asdict(row) for row in rows],
+            },
+        )
+        console.print(f"wrote {json_file}")

@@ -1,0 +1,170 @@
+"""`flexunet train | evaluate | infer`: thin commands over training, evaluation and inference.
+
+Keras is imported inside the commands, after the backend is fixed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flexunet_k3.config import Config, load_config
+from flexunet_k3.errors import UserError
+from flexunet_k3.run_folder import RunFolder
+
+from .state import console, errors, use_backend
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="A YAML run config.")]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a value: section.key=value (repeatable)."),
+]
+
+
+def _start(config: Path, overrides: list[str] | None) -> Config:
+    """Load the config and fix the backend (before keras is imported)."""
+    cfg = load_config(config, overrides)
+    use_backend()
+    return cfg
+
+
+def _say(text: str) -> None:
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Show each warning as one 'warning: ...' line on stderr, when it happens."""
+    def show(message, *_args, **_kwargs):
+        errors.print(f"warning: {message}", style="yellow", markup=False, soft_wrap=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def train(
+    config: ConfigOption,
+    overrides: Overrides = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in train.output_dir from models/last.keras.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an earlier run's files in train.output_dir.")
+    ] = False,
+) -> None:
+    """Train a model: checkpoints, curves, history and epoch-change masks in train.output_dir."""
+    cfg = _start(config, overrides)
+    from flexunet_k3.training import train as run_training
+
+    run = RunFolder(cfg.train.output_dir)
+    try:
+        with _warnings_as_lines():
+            result = run_training(cfg, resume=resume, overwrite=overwrite)
+    except KeyboardInterrupt:
+        state = run.read_state()
+        if state is not None and state.status == "interrupted":
+            errors.print(
+                f"saved {run.last} (epoch {state.epoch} done); continue with: "
+                f"flexunet train --config {config} --resume", markup=False, soft_wrap=True,
+            )
+        raise
+    state = result.state
+    if result.model is None:
+        _say(f"nothing to train: {run.root} holds {state.describe()}; "
+             "raise train.epochs to train longer")
+        return
+    _say(
+        f"{state.status.replace('_', ' ')} after {state.epoch} epochs; best val_loss "
+        f"{state.best_val_loss:.4g} at epoch {state.best_epoch}; outputs in {run.root}"
+    )
+
+
+def evaluate(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="A YAML run config.")
+    ] = None,
+    overrides: Overrides = None,
+    predictions: Annotated[
+        Path | None, typer.Option(help="Score these mask files instead of a model (with --masks).")
+    ] = None,
+    masks: Annotated[
+        Path | None, typer.Option(help="Ground-truth masks for --predictions, paired by name.")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Folder for evaluation.* [default: run folder, PREDICTIONS/evaluation]"),
+    ] = None,
+) -> None:
+    """Score models/best.keras on the test split, or existing masks against ground truth."""
+    from flexunet_k3.evaluation import evaluate_folders, summary_rows, write_report
+
+    if predictions is not None or masks is not None:
+        if predictions is None or masks is None:
+            raise UserError("--predictions and --masks go together: give both folders")
+        cfg = load_config(config, overrides) if config is not None else Config()
+        with _warnings_as_lines():
+            report = evaluate_folders(predictions, masks, cfg.data.classes)
+        folder = output or predictions / "evaluation"
+    elif config is None:
+        raise UserError("give --config (to score the trained model) or --predictions and --masks")
+    else:
+        cfg = _start(config, overrides)
+        from flexunet_k3.evaluation import evaluate_model
+        from flexunet_k3.inference import load_trained_model
+
+        run = RunFolder(cfg.train.output_dir)
+        model = load_trained_model(run.best, cfg)
+        with _warnings_as_lines():
+            report = evaluate_model(model, cfg)
+        folder = output or run.root
+    write_report(report, folder)
+    table = Table("metric", "value", "counted", title=f"evaluation ({report.summary['images']} "
+                  f"images, {report.summary['cases']} cases)")
+    for row in summary_rows(report.summary):
+        table.add_row(*row)
+    console.print(table)
+    _say(f"wrote {folder / 'evaluation.csv'} and evaluation.json, evaluation_per_image.csv, "
+         "evaluation_per_case.csv beside it")
+
+
+def infer(
+    config: ConfigOption,
+    overrides: Overrides = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Images to segment [default: infer.images_dir, else test]")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the masks [default: infer.output_dir, else RUN/infer]"),
+    ] = None,
+    overlay: Annotated[
+        bool | None,
+        typer.Option("--overlay/--no-overlay", help="Also write overlays and a mosaic."),
+    ] = None,
+) -> None:
+    """Segment a folder of images with models/best.keras: palette PNG masks named like them."""
+    cfg = _start(config, overrides)
+    from flexunet_k3.inference import infer_folder, load_trained_model
+
+    run = RunFolder(cfg.train.output_dir)
+    images_dir = images or cfg.infer.images_dir or cfg.data.split_dirs("test")[0]
+    output_dir = output or cfg.infer.output_dir or run.infer_dir
+    model = load_trained_model(run.best, cfg)
+    with _warnings_as_lines():
+        result = infer_folder(
+            model, cfg, images_dir, output_dir,
+            with_overlays=cfg.infer.overlay if overlay is None else overlay,
+        )
+    if result.skipped:
+        errors.print(
+            f"warning: skipped {len(result.skipped)} non-image files in {images_dir}: "
+            + ", ".join(result.skipped), style="yellow", markup=False, soft_wrap=True,
+        )
+    _say(f"wrote {result.written} masks to {result.output_dir}")

@@ -1,0 +1,210 @@
+"""`flexunet benchmark`: training and inference throughput of the configured model, per backend.
+
+Each (backend, precision, jit) runs in its own subprocess (`python -m flexunet_k3.benchmark`),
+because the Keras backend is fixed per process. The worker trains on synthetic tensors of the
+config's shapes through `model.fit` (the same compiled model `flexunet train` uses) and times
+every step; inference is timed with `predict_on_batch`. A combination that cannot run yields a
+row with the reason instead of a result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+from flexunet_k3.backend import installed_backends
+from flexunet_k3.config import Config
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+JIT_MODES = ("auto", "on", "off")
+
+
+@dataclass
+class Case:
+    """One benchmark run: what to measure."""
+
+    backend: str
+    precision: str
+    jit: str
+    batch_size: int
+    steps: int
+    warmup: int
+
+
+@dataclass
+class Row:
+    """What one run measured; `error` says why a run has no figures."""
+
+    case: Case
+    device: str = ""
+    train_images_per_s: float | None = None
+    step_ms_median: float | None = None
+    step_ms_p90: float | None = None
+    warmup_s: float | None = None
+    infer_images_per_s: float | None = None
+    peak_host_mb: float | None = None
+    peak_device_mb: float | None = None
+    gflop_per_image: float | None = None
+    train_tflops: float | None = None
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def forward_flops(model) -> int:
+    """Multiply-adds x 2 of every convolution in one forward pass of one image."""
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2DTranspose):
+            height, width, channels = layer.input.shape[1:]
+        elif isinstance(layer, keras.layers.Conv2D):
+            height, width = layer.output.shape[1:3]
+            channels = layer.input.shape[-1]
+        else:
+            continue
+        kh, kw = layer.kernel_size
+        total += 2 * height * width * kh * kw * channels * layer.filters
+    return total
+
+
+def _device_peak_mb(backend: str) -> float | None:
+    """Peak accelerator memory where the backend reports it (None on CPU)."""
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.max_memory_allocated() / 2**20
+    elif backend == "jax":
+        import jax
+
+        stats = jax.devices()[0].memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            return stats["peak_bytes_in_use"] / 2**20
+    else:
+        import tensorflow as tf
+
+        if tf.config.list_logical_devices("GPU"):
+            return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    return None
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def measure(config: Config, case: Case) -> Row:
+    """Run one case in this process (the backend must already be selected)."""
+    import keras
+    import numpy as np
+
+    from flexunet_k3.backend import devices
+    from flexunet_k3.training import compile_model
+
+    keras.utils.set_random_seed(config.train.seed)
+    keras.mixed_precision.set_global_policy(case.precision)
+    config = config.model_copy(deep=True)
+    config.train.jit = case.jit
+    model = compile_model(config)
+    m = config.model
+    rng = np.random.default_rng(0)
+    batches = case.warmup + case.steps
+    x = rng.random((case.batch_size, m.image_height, m.image_width, m.image_channels), "float32")
+    y = rng.integers(0, m.num_classes, (case.batch_size, m.image_height, m.image_width))
+    stamps: list[float] = []
+
+    class StepTimer(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])  # waits for the step on asynchronous backends
+            stamps.append(time.perf_counter())
+
+    data = _repeat(x, y, batches)
+    start = time.perf_counter()
+    model.fit(data, epochs=1, steps_per_epoch=batches, verbose=0, callbacks=[StepTimer()])
+    steps = np.diff([start, *stamps])
+    timed = steps[case.warmup :]
+    infer_times = []
+    for i in range(case.warmup + case.steps):
+        begin = time.perf_counter()
+        keras.ops.convert_to_numpy(model.predict_on_batch(x))
+        if i >= case.warmup:
+            infer_times.append(time.perf_counter() - begin)
+    flops = forward_flops(model)
+    train_rate = case.batch_size / float(np.median(timed))
+    return Row(
+        case=case,
+        device=devices()[-1],
+        train_images_per_s=train_rate,
+        step_ms_median=1000 * float(np.median(timed)),
+        step_ms_p90=1000 * _percentile(list(timed), 0.9),
+        warmup_s=float(steps[: case.warmup].sum()),
+        infer_images_per_s=case.batch_size / float(np.median(infer_times)),
+        peak_host_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_device_mb=_device_peak_mb(case.backend),
+        gflop_per_image=flops / 1e9,
+        train_tflops=3 * flops * train_rate / 1e12,
+    )
+
+
+def _repeat(x, y, count: int):
+    """A generator of the same batch, `count` times (no host-side data cost)."""
+    for _ in range(count):
+        yield x, y
+
+
+def run_case(config_path: str, overrides: list[str], case: Case, timeout: float) -> Row:
+    """Run one case in a subprocess under its backend; errors become a row with the reason."""
+    if case.backend not in installed_backends():
+        return Row(case=case, error=f"{case.backend} is not installed")
+    command = [sys.executable, "-m", "flexunet_k3.benchmark", config_path, json.dumps(asdict(case))]
+    command += overrides
+    env = {**os.environ, "KERAS_BACKEND": case.backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return Row(case=case, error=f"timed out after {timeout:.0f} s")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return Row(case=case, error=reason[:200])
+    data = json.loads(lines[-1])
+    data["case"] = case
+    return Row(**data)
+
+
+def _worker(argv: list[str]) -> None:
+    """Subprocess entry: `python -m flexunet_k3.benchmark CONFIG CASE_JSON [overrides...]`."""
+    from flexunet_k3.backend import select_backend
+    from flexunet_k3.config import load_config
+
+    config_path, case_json, *overrides = argv
+    case = Case(**json.loads(case_json))
+    select_backend(case.backend)
+    config = load_config(config_path, overrides)
+    try:
+        row = measure(config, case)
+    except Exception as exc:  # a precision or jit mode the backend cannot run: report, not crash
+        row = Row(case=case, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+    data = asdict(row)
+    data.pop("case")
+    print(json.dumps(data), flush=True)
+
+
+def check_choices(values: list[str], allowed: tuple[str, ...], option: str) -> list[str]:
+    """Validate a comma-separated option's values; UserError naming the bad one."""
+    from flexunet_k3.errors import UserError
+
+    for value in values:
+        if value not in allowed:
+            raise UserError(f"{option}: unknown value {value!r}; choose from {', '.join(allowed)}")
+    return values
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1:])

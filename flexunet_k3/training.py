@@ -1,0 +1,149 @@
+"""`flexunet train`: build or resume the model, fit with checkpoints, curves and progress.
+
+Ctrl-C saves models/last.keras and re-raises KeyboardInterrupt; `resume=True` continues from it
+with its optimizer state, epoch count and plateau counters (history.json).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from flexunet_k3.callbacks import (
+    EpochChangeInfer,
+    EpochSetter,
+    NanGuard,
+    Plateau,
+    ProgressBars,
+    RunRecorder,
+)
+from flexunet_k3.config import Config, OptimizerConfig
+from flexunet_k3.data.dataset import dataset_from_config
+from flexunet_k3.data.images import list_images
+from flexunet_k3.errors import UserError
+from flexunet_k3.inference import load_trained_model
+from flexunet_k3.losses import get_loss
+from flexunet_k3.metrics import segmentation_metrics
+from flexunet_k3.models import build_model
+from flexunet_k3.run_folder import RunFolder, TrainState, prepare_run, save_model, write_text
+
+JIT = {"auto": "auto", "on": True, "off": False}
+
+
+def make_optimizer(config: OptimizerConfig) -> keras.optimizers.Optimizer:
+    """Adam, AdamW or SGD with the configured learning rate and gradient clipping."""
+    common = {
+        "learning_rate": config.learning_rate,
+        "clipvalue": config.clipvalue,
+        "clipnorm": config.clipnorm,
+    }
+    if config.name == "adam":
+        return keras.optimizers.Adam(**common)
+    if config.name == "adamw":
+        weight_decay = 0.004 if config.weight_decay is None else config.weight_decay
+        return keras.optimizers.AdamW(weight_decay=weight_decay, **common)
+    return keras.optimizers.SGD(momentum=config.momentum, **common)
+
+
+def compile_model(config: Config) -> keras.Model:
+    """A new model compiled with the configured optimizer, loss and segmentation metrics."""
+    model = build_model(config.model)
+    model.compile(
+        optimizer=make_optimizer(config.optimizer),
+        loss=get_loss(config.train.loss),
+        metrics=segmentation_metrics([spec.name for spec in config.data.classes]),
+        jit_compile=JIT[config.train.jit],
+    )
+    return model
+
+
+def epoch_infer_paths(config: Config) -> list[Path]:
+    """The first `num_infer_images` of infer.images_dir (else the test images), or none."""
+    if not config.train.epoch_change_infer or config.train.num_infer_images == 0:
+        return []
+    folder = config.infer.images_dir or config.data.split_dirs("test")[0]
+    try:
+        paths, _ = list_images(folder)
+    except UserError as exc:
+        hint = "(for epoch-change inference; or set train.epoch_change_infer: false)"
+        raise UserError(f"{exc} {hint}") from None
+    return paths[: config.train.num_infer_images]
+
+
+@dataclass
+class TrainResult:
+    state: TrainState
+    model: keras.Model | None  # None when the run had nothing left to train
+
+
+def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train as configured; return the final state (also in history.json) and the model.
+
+    Refuses a run folder holding an earlier run unless `resume` or `overwrite`. A NaN loss
+    stops training with a UserError; models/last.keras keeps the last good epoch. After early
+    stopping the returned model has the best weights (those of models/best.keras).
+    """
+    run = RunFolder(config.train.output_dir)
+    state = prepare_run(run, resume=resume, overwrite=overwrite)
+    epochs = config.train.epochs
+    if state is not None and (state.status == "early_stopped" or state.epoch >= epochs):
+        return TrainResult(state, None)
+    train_data = dataset_from_config(config, "train", training=True)
+    valid_data = dataset_from_config(config, "valid", training=False)
+    infer_paths = epoch_infer_paths(config)
+
+    keras.utils.set_random_seed(config.train.seed)
+    keras.mixed_precision.set_global_policy(config.train.precision)
+    model = load_trained_model(run.last, config, compile=True) if resume else compile_model(config)
+    state = state or TrainState(epochs=epochs)
+    state.epochs, state.status = epochs, "running"
+    write_text(run.config, config.to_yaml())
+
+    steps = min(config.train.steps_per_epoch or len(train_data), len(train_data))
+    nan_guard = NanGuard()
+    bars = ProgressBars(epochs, steps, len(valid_data))
+    callbacks = [
+        nan_guard,
+        EpochSetter(train_data),
+        Plateau(state, config.train.patience, config.train.reducer),
+        RunRecorder(run, state),
+        *([EpochChangeInfer(infer_paths, config, run.epoch_infer_dir)] if infer_paths else []),
+        bars,
+    ]
+    try:
+        model.fit(
+            train_data, validation_data=valid_data, epochs=epochs, steps_per_epoch=steps,
+            initial_epoch=state.epoch, callbacks=callbacks, verbose=0, shuffle=False,
+        )
+    except KeyboardInterrupt:
+        state.status = "interrupted"
+        save_model(model, run.last)
+        state.save(run.history)
+        raise
+    finally:
+        bars.close()
+    _finish(model, run, state, nan_guard.where)
+    return TrainResult(state, model)
+
+
+def _finish(model, run: RunFolder, state: TrainState, nan_at: tuple[int, int] | None) -> None:
+    """Record how training ended; after early stopping, put the best weights back in `model`."""
+    if nan_at is not None:
+        state.status = "nan_loss"
+        state.save(run.history)
+        epoch, step = nan_at
+        kept = (
+            f"{run.last} keeps epoch {state.epoch}, the last good one"
+            if state.epoch else "no checkpoint was written"
+        )
+        raise UserError(
+            f"the loss became NaN at epoch {epoch}, step {step}: training stopped and {kept}; "
+            "lower optimizer.learning_rate or set optimizer.clipnorm and train with --overwrite"
+        )
+    if state.status == "early_stopped":
+        model.load_weights(run.best)
+    else:
+        state.status = "completed"
+    state.save(run.history)

@@ -1,0 +1,174 @@
+"""`flexunet evaluate`: scores against an independent numpy computation, reports, portability."""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import assert_one_line_error, flexunet, write_config
+from PIL import Image
+
+from flexunet_k3.config import Config, load_config
+from flexunet_k3.data.dataset import dataset_from_config
+from flexunet_k3.evaluation import evaluate_folders
+
+SQUARE = np.zeros((16, 16), bool)
+SQUARE[2:6, 2:6] = True
+# (truth, prediction) per slice: overlap, both empty, a false positive; a miss, a perfect hit.
+SLICES = {
+    "A_1.png": (SQUARE, np.roll(SQUARE, 1, axis=(0, 1))),
+    "A_2.png": (np.zeros((16, 16), bool), np.zeros((16, 16), bool)),
+    "A_3.png": (np.zeros((16, 16), bool), np.roll(SQUARE, 8, axis=0)),
+    "B_1.png": (SQUARE, np.zeros((16, 16), bool)),
+    "B_2.png": (np.roll(SQUARE, 5, axis=1), np.roll(SQUARE, 5, axis=1)),
+}
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as file:
+        return list(csv.DictReader(file))
+
+
+def dice(truth: np.ndarray, predicted: np.ndarray) -> float:
+    return 2 * (truth & predicted).sum() / (truth.sum() + predicted.sum())
+
+
+def test_scores_of_mask_files_match_numpy(tmp_path):
+    for name, (truth, predicted) in SLICES.items():
+        for folder, mask in (("truth", truth), ("predicted", predicted)):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / folder / name)
+    done = flexunet("evaluate", "--predictions", str(tmp_path / "predicted"),
+                    "--masks", str(tmp_path / "truth"))
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "predicted" / "evaluation"
+    summary = json.loads((out / "evaluation.json").read_text())
+    tumor = summary["classes"]["tumor"]
+
+    expected_cases = {}
+    for case in "AB":
+        truth = np.stack([t for n, (t, _) in SLICES.items() if n.startswith(case)])
+        predicted = np.stack([p for n, (_, p) in SLICES.items() if n.startswith(case)])
+        expected_cases[case] = dice(truth, predicted)
+    rows = read_csv(out / "evaluation_per_case.csv")
+    per_case = {row["case"]: float(row["dice"]) for row in rows}
+    assert per_case == pytest.approx(expected_cases)
+    assert tumor["per_case"]["dice"] == pytest.approx(np.mean(list(expected_cases.values())))
+
+    not_both_empty = [dice(t, p) for t, p in SLICES.values() if t.any() or p.any()]
+    assert tumor["per_image"]["dice"] == pytest.approx(np.mean(not_both_empty))
+    assert (tumor["per_image"]["counted"], tumor["per_image"]["both_empty"]) == (4, 1)
+    assert tumor["per_image"]["empty_truth_predicted"] == 1
+
+    one_hot = [(np.eye(2)[t.astype(int)], np.eye(2)[p.astype(int)]) for t, p in SLICES.values()]
+    original = [(2 * (t * p).sum() + 1) / (t.sum() + p.sum() + 1) for t, p in one_hot]
+    assert summary["dice_coef_multiclass"] == pytest.approx(np.mean(original))
+    assert (out / "evaluation.csv").read_text().startswith("dice_coef_multiclass,")
+    assert summary["loss"] is None
+
+
+def test_real_ct_masks_against_themselves_score_1():
+    folder = os.environ.get("FLEXUNET_REAL_CT")
+    if not folder:
+        pytest.skip("FLEXUNET_REAL_CT is not set (a folder with images/ and masks/ of real CT)")
+    masks = Path(folder) / "masks"
+    report = evaluate_folders(masks, masks, Config().data.classes)
+    assert len(report.per_case) == len({row["case"] for row in report.per_image}) > 1
+    assert all(row["dice"] == 1.0 and row["iou"] == 1.0 for row in report.per_case)
+    assert report.summary["classes"]["tumor"]["per_case"]["dice"] == 1.0
+
+
+def test_model_evaluation_reports_agree(trained_run, tmp_path):
+    run = trained_run.parent / "run"
+    done = flexunet("evaluate", "--config", str(trained_run))
+    assert done.returncode == 0, done.stderr
+    table = done.stdout
+    assert table.index("tumor Dice, per case") < table.index("tumor Dice, per image")
+    assert table.index("tumor Dice, per image") < table.index("dice_coef_multiclass")
+
+    lines = (run / "evaluation.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "categorical_crossentropy", "dice_coef_multiclass"
+    ]
+    summary = json.loads((run / "evaluation.json").read_text())
+    assert (summary["images"], summary["cases"]) == (8, 2)
+    assert len(read_csv(run / "evaluation_per_image.csv")) == 8
+    assert [row["case"] for row in read_csv(run / "evaluation_per_case.csv")] == ["301", "302"]
+
+    # The numpy scores agree with Keras' own evaluation of the compiled metrics.
+    config = load_config(trained_run)
+    model = keras.saving.load_model(run / "models" / "best.keras")
+    keras_scores = model.evaluate(
+        dataset_from_config(config, "test", training=False), return_dict=True, verbose=0
+    )
+    assert summary["loss"]["value"] == pytest.approx(keras_scores["loss"], abs=1e-4)
+    assert summary["dice_coef_multiclass"] == pytest.approx(
+        keras_scores["dice_coef_multiclass"], abs=1e-4
+    )
+
+    # The same model's masks, written by infer and scored as files, give the same counts.
+    test = config.data.dataset / "test"
+    masks = tmp_path / "masks"
+    assert flexunet("infer", "--config", str(trained_run), "--images", str(test / "images"),
+                    "--output", str(masks)).returncode == 0
+    done = flexunet("evaluate", "--predictions", str(masks), "--masks", str(test / "masks"),
+                    "--output", str(tmp_path / "scores"))
+    assert done.returncode == 0, done.stderr
+    counts = ("image", "true_pixels", "pred_pixels", "intersection")
+    from_model, from_files = (
+        [[row[key] for key in counts] for row in read_csv(folder / "evaluation_per_image.csv")]
+        for folder in (run, tmp_path / "scores")
+    )
+    assert from_files == from_model
+
+
+def test_bad_inputs_exit_2_with_one_line(trained_run, tiny_dataset, tmp_path):
+    assert_one_line_error(flexunet("evaluate", "--predictions", str(tmp_path)), "--masks")
+    assert_one_line_error(
+        flexunet("evaluate", "--predictions", str(tmp_path / "nowhere"), "--masks", str(tmp_path)),
+        "folder not found",
+    )
+    assert_one_line_error(
+        flexunet("evaluate", "--config", str(trained_run),
+                 "--set", "model.image_height=64", "--set", "model.image_width=64"),
+        "takes 32x32x1 images", "64x64x1",
+    )
+    damaged = write_config(tmp_path, tiny_dataset)
+    (tmp_path / "run" / "models").mkdir(parents=True)
+    (tmp_path / "run" / "models" / "best.keras").write_bytes(b"not a model")
+    assert_one_line_error(flexunet("evaluate", "--config", str(damaged)), "cannot load this model")
+    missing = write_config(tmp_path / "run", tiny_dataset)
+    assert_one_line_error(flexunet("evaluate", "--config", str(missing)), "no trained model")
+
+
+def numbers(tree, prefix=""):
+    """{path: number} of every number in a JSON tree."""
+    if not isinstance(tree, dict):
+        return {prefix: tree} if isinstance(tree, int | float) else {}
+    found = {}
+    for key, value in tree.items():
+        found.update(numbers(value, f"{prefix}/{key}"))
+    return found
+
+
+@pytest.mark.parity
+def test_model_trained_on_jax_scores_the_same_on_every_backend(tmp_path, tiny_dataset):
+    train = {"epochs": 6, "epoch_change_infer": False}
+    config = write_config(tmp_path, tiny_dataset, train=train)
+    done = flexunet("train", "--config", str(config), backend="jax")
+    assert done.returncode == 0, done.stderr
+    results = {}
+    for backend in ("jax", "tensorflow", "torch"):
+        output = tmp_path / backend
+        done = flexunet("evaluate", "--config", str(config), "--output", str(output),
+                        backend=backend)
+        assert done.returncode == 0, done.stderr
+        results[backend] = numbers(json.loads((output / "evaluation.json").read_text()))
+    assert results["jax"]["/classes/tumor/per_image/counted"] > 0
+    for backend in ("tensorflow", "torch"):
+        assert results[backend].keys() == results["jax"].keys()
+        for key, value in results["jax"].items():
+            assert results[backend][key] == pytest.approx(value, abs=1e-4), (backend, key)

@@ -1,0 +1,128 @@
+"""`flexunet train`: the run folder, seeds, refusal and --overwrite, Ctrl-C and --resume, NaN."""
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import keras
+import pytest
+from conftest import assert_one_line_error, flexunet, write_config
+
+from flexunet_k3.callbacks import RunRecorder
+from flexunet_k3.config import load_config
+from flexunet_k3.errors import UserError
+from flexunet_k3.run_folder import RunFolder, TrainState
+from flexunet_k3.training import train
+
+
+def read_state(run: Path) -> dict:
+    return json.loads((run / "history.json").read_text())
+
+
+def test_run_folder_is_complete_seeded_and_guarded(tmp_path, tiny_dataset):
+    config = write_config(tmp_path, tiny_dataset)
+    first = train(load_config(config)).state
+    run = tmp_path / "run"
+    for name in (
+        "config.yaml", "history.json", "models/best.keras", "models/last.keras",
+        "eval/train_losses.csv", "eval/train_losses.png",
+        "eval/train_metrics.csv", "eval/train_metrics.png",
+        "epoch_change_infer/mosaic/Epoch_1.png", "epoch_change_infer/mosaic/Epoch_2.png",
+    ):
+        assert (run / name).is_file(), name
+    epoch_masks = sorted(path.name for path in (run / "epoch_change_infer").glob("Epoch_2_*"))
+    assert epoch_masks == ["Epoch_2_301_0.png", "Epoch_2_301_1.png", "Epoch_2_301_2.png"]
+
+    losses = (run / "eval" / "train_losses.csv").read_text().splitlines()
+    assert losses[0] == "epoch,loss,val_loss" and len(losses) == 3
+    row = [float(value) for value in losses[1].split(",")]
+    assert row == pytest.approx([1, first.history["loss"][0], first.history["val_loss"][0]])
+    metrics = (run / "eval" / "train_metrics.csv").read_text().splitlines()
+    assert metrics[0] == "epoch,dice_coef_multiclass,val_dice_coef_multiclass"
+    state = read_state(run)
+    assert state["status"] == "completed" and state["epoch"] == 2
+    assert state["history"]["learning_rate"][0] == pytest.approx(0.01)
+
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="finished run .* pass --resume .* or --overwrite"):
+        train(load_config(config))
+    second = train(load_config(config), overwrite=True).state
+    assert second.history["loss"] == first.history["loss"]  # same seed, same backend
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_mixed_precision_policy_is_honoured(tmp_path, tiny_dataset):
+    train_section = {"epochs": 1, "precision": "mixed_bfloat16", "epoch_change_infer": False}
+    config = write_config(tmp_path, tiny_dataset, train=train_section)
+    try:
+        model = train(load_config(config)).model
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("enc0_conv1").compute_dtype == "bfloat16"
+    assert read_state(tmp_path / "run")["status"] == "completed"
+
+
+def wait_for(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_ctrl_c_saves_last_and_resume_finishes_the_run(tmp_path, tiny_dataset):
+    config = write_config(tmp_path, tiny_dataset, train={"epochs": 6, "patience": 50})
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        ["flexunet", "train", "--config", str(config)], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:  # history.json appears when epoch 1 is recorded: the signal lands in epoch 2
+        wait_for(lambda: (run / "history.json").is_file() or process.poll() is not None, 600)
+    finally:
+        process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 130, stderr
+    assert "--resume" in stderr
+    state = read_state(run)
+    assert state["status"] == "interrupted" and 1 <= state["epoch"] < 6
+    last = keras.saving.load_model(run / "models" / "last.keras")
+    assert int(last.optimizer.iterations) > 0
+
+    done = flexunet("train", "--config", str(config), "--resume")
+    assert done.returncode == 0, done.stderr
+    state = read_state(run)
+    assert state["status"] == "completed" and state["epoch"] == 6
+    assert len(state["history"]["loss"]) == 6
+    epochs = [line.split(",")[0] for line in (run / "eval" / "train_losses.csv").open()]
+    assert epochs == ["epoch", "1", "2", "3", "4", "5", "6"]
+    assert (run / "epoch_change_infer" / "mosaic" / "Epoch_6.png").is_file()
+
+
+def test_nan_loss_stops_with_one_line(tmp_path, tiny_dataset):
+    optimizer = {"name": "sgd", "learning_rate": 1e30, "clipvalue": None}
+    config = write_config(tmp_path, tiny_dataset, optimizer=optimizer)
+    assert_one_line_error(flexunet("train", "--config", str(config)), "loss became NaN")
+    assert read_state(tmp_path / "run")["status"] == "nan_loss"
+    assert not (tmp_path / "run" / "models" / "last.keras").exists()
+
+
+def test_a_nan_epoch_keeps_the_last_good_checkpoint(tmp_path):
+    run = RunFolder(tmp_path)
+    run.last.parent.mkdir()
+    run.last.write_bytes(b"epoch 1")
+    RunRecorder(run, TrainState(epochs=3, epoch=1)).on_epoch_end(1, {"loss": float("nan")})
+    assert run.last.read_bytes() == b"epoch 1" and not run.history.exists()
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, tiny_dataset):
+    missing = write_config(tmp_path, tmp_path / "no-such-dataset")
+    assert_one_line_error(flexunet("train", "--config", str(missing)), "folder not found")
+    config = write_config(tmp_path, tiny_dataset)
+    assert_one_line_error(
+        flexunet("train", "--config", str(config), "--resume"), "nothing to resume"
+    )
+    assert_one_line_error(
+        flexunet("train", "--config", str(config), "--resume", "--overwrite"), "exclude each other"
+    )
