@@ -34,12 +34,14 @@ def assert_one_line_error(done, *fragments):
         assert fragment in lines[0]
 
 
-def test_cli_import_loads_no_keras_or_backend():
+def test_cli_import_loads_no_keras_or_backend(tmp_path):
+    # outside the checkout, so that the installed package (with flexunet_k3.cli) is imported
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", "import flexunet_k3.cli.app"],
         capture_output=True,
         text=True,
         check=True,
+        cwd=tmp_path,
     )
     heavy = [line for line in done.stderr.splitlines() if HEAVY.search(line)]
     assert "flexunet_k3.cli.app" in done.stderr and not heavy, heavy[:5]
