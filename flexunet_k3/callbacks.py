@@ -128,9 +128,10 @@ class ProgressBars(keras.callbacks.Callback):
     Call `close()` when fit returns or raises.
     """
 
-    def __init__(self, epochs: int, steps: int, validation_steps: int):
+    def __init__(self, epochs: int, first_epoch: int, steps: int, validation_steps: int):
         super().__init__()
-        self.epochs, self.steps, self.validation_steps = epochs, steps, validation_steps
+        self.epochs, self.first_epoch = epochs, first_epoch
+        self.steps, self.validation_steps = steps, validation_steps
         self.bars = None
         self.started = 0.0
         if not progress.is_quiet() and progress.console.is_terminal:
@@ -140,15 +141,14 @@ class ProgressBars(keras.callbacks.Callback):
         if self.bars is None:
             return
         self.bars.start()
-        initial = self.params.get("initial_epoch", 0) if self.params else 0
-        self.epoch_bar = self.bars.add_task("epochs", total=self.epochs, info="")
-        self.bars.update(self.epoch_bar, completed=initial)
+        self.epoch_bar = self.bars.add_task(
+            "epochs", total=self.epochs, completed=self.first_epoch, info=""
+        )
         self.step_bar = self.bars.add_task("steps", total=self.steps, info="")
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
         if self.bars is not None:
-            self.bars.update(self.epoch_bar, completed=epoch)
             self.bars.reset(self.step_bar, total=self.steps, description=f"epoch {epoch + 1}")
 
     def on_train_batch_end(self, batch, logs=None):

@@ -20,6 +20,7 @@ import numpy as np
 from flexunet_k3 import scores
 from flexunet_k3.data.images import pair_files
 from flexunet_k3.data.masks import read_mask
+from flexunet_k3.data.statistics import case_of
 from flexunet_k3.errors import UserError
 from flexunet_k3.progress import track
 from flexunet_k3.run_folder import write_json, write_text
@@ -38,11 +39,6 @@ LOSSES = {
     "dice": scores.soft_dice_loss,
     "ce_dice": _ce_dice,
 }
-
-
-def case_of(name: str) -> str:
-    """The patient a slice file belongs to: its name before the first underscore."""
-    return Path(name).stem.split("_", 1)[0]
 
 
 @dataclass

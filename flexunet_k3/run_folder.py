@@ -6,6 +6,7 @@ Importing this module does not import keras.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -39,17 +40,17 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, data) -> None:
-    """Write a JSON file atomically (NaN written as null)."""
-    write_text(path, json.dumps(_nan_to_none(data), indent=2) + "\n")
+    """Write a JSON file atomically (NaN and infinities written as null)."""
+    write_text(path, json.dumps(_finite_or_none(data), indent=2) + "\n")
 
 
-def _nan_to_none(value):
-    if isinstance(value, float) and value != value:
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {key: _nan_to_none(item) for key, item in value.items()}
+        return {key: _finite_or_none(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_nan_to_none(item) for item in value]
+        return [_finite_or_none(item) for item in value]
     return value
 
 

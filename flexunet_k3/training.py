@@ -103,7 +103,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> T
 
     steps = min(config.train.steps_per_epoch or len(train_data), len(train_data))
     nan_guard = NanGuard()
-    bars = ProgressBars(epochs, steps, len(valid_data))
+    bars = ProgressBars(epochs, state.epoch, steps, len(valid_data))
     callbacks = [
         nan_guard,
         EpochSetter(train_data),

@@ -22,9 +22,9 @@ MINI_TEST = "mini_test"
 STATISTICS_FILES = ("statistics.json", "statistics.png")
 
 
-def case_of(path: Path) -> str:
+def case_of(path: str | Path) -> str:
     """The patient a slice belongs to: the file-name part before the first underscore."""
-    return path.name.split("_")[0]
+    return Path(path).stem.split("_", 1)[0]
 
 
 def dataset_statistics(folder: Path) -> dict:
