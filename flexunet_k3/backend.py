@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import os
@@ -39,7 +40,32 @@ def select_backend(name: str | None = None) -> str:
         raise UserError(f"backend {chosen!r} is not installed: pip install 'flexunet-k3[{chosen}]'")
     os.environ["KERAS_BACKEND"] = chosen
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if chosen == "tensorflow":
+        quiet = os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0"
+        # TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL; set it to 0 to see them.
+        with _native_stderr_closed() if quiet else contextlib.nullcontext():
+            import tensorflow  # noqa: F401
+    else:
+        from keras.src.utils import module_utils
+
+        # Keras' saving asks whether tensorflow is importable, which imports it (seconds, and
+        # about 0.5 GB) only to check for TensorFlow objects that cannot exist in this process.
+        module_utils.tensorflow._available = "tensorflow" in sys.modules
     return chosen
+
+
+@contextlib.contextmanager
+def _native_stderr_closed():
+    """Send file descriptor 2 (what C++ code writes to) to /dev/null for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def versions() -> dict[str, str]:

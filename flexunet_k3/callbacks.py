@@ -52,6 +52,29 @@ class EpochSetter(keras.callbacks.Callback):
         self.dataset.set_epoch(epoch)
 
 
+class Throughput(keras.callbacks.Callback):
+    """Adds `images_per_s` to the epoch logs: images over the time of the epoch's training steps.
+
+    The steps include data loading, metrics and progress updates, not validation or the other
+    epoch-end callbacks; the first epoch includes compilation.
+    """
+
+    def __init__(self, images_per_epoch: int):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+        self.started = self.last_step = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = self.last_step = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.last_step = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.last_step > self.started:
+            logs["images_per_s"] = self.images_per_epoch / (self.last_step - self.started)
+
+
 class Plateau(keras.callbacks.Callback):
     """ReduceLROnPlateau and EarlyStopping on val_loss, their counters kept in the TrainState.
 
@@ -164,12 +187,14 @@ class ProgressBars(keras.callbacks.Callback):
             self.bars.update(self.step_bar, completed=batch + 1, info=_format(logs, logs))
 
     def on_epoch_end(self, epoch, logs=None):
-        train_keys = [key for key in logs if not key.startswith("val_") and key != "learning_rate"]
+        extra = ("learning_rate", "images_per_s")
+        train_keys = [key for key in logs if not key.startswith("val_") and key not in extra]
         seconds = time.perf_counter() - self.started
         line = (
             f"epoch {epoch + 1}/{self.epochs}  {_format(logs, train_keys)}  |  "
             f"{_format(logs, [key for key in logs if key.startswith('val_')])}  |  "
-            f"lr {logs.get('learning_rate', math.nan):.3g}  {seconds:.1f}s"
+            f"lr {logs.get('learning_rate', math.nan):.3g}  "
+            f"{logs.get('images_per_s', math.nan):.1f} img/s  {seconds:.1f}s"
         )
         if self.bars is not None:
             self.bars.console.print(line, markup=False, highlight=False)

@@ -61,6 +61,9 @@ class ModelConfig(Section):
     dropout_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.04
     dilation: Pair = (1, 1)
     normalization: bool = False
+    # Batch normalization's moving-average momentum (Keras' default); lower adapts its
+    # inference statistics faster, which short trainings need.
+    normalization_momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
     input_normalize: bool = False
     activation: str = "relu"
     final_activation: Literal["auto", "softmax", "sigmoid"] = "auto"
@@ -186,6 +189,12 @@ class TrainConfig(Section):
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
     jit: Literal["auto", "on", "off"] = "auto"
     steps_per_epoch: PositiveInt | None = None  # None: every batch; fewer for smoke runs
+
+    @field_validator("jit", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value):
+        """YAML reads a bare on/off as true/false."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class InferConfig(Section):

@@ -17,6 +17,7 @@ from flexunet_k3.data.masks import labels_to_palette_image
 from flexunet_k3.errors import UserError
 from flexunet_k3.progress import track
 
+JIT = {"auto": "auto", "on": True, "off": False}  # train.jit -> keras' jit_compile
 OVERLAY_ALPHA = 0.45
 # Shown instead of gray class colors (a white tumor mask would vanish on a gray CT).
 DISPLAY_COLORS = ((255, 40, 40), (40, 220, 40), (60, 120, 255), (255, 200, 0), (220, 0, 220))
@@ -46,6 +47,27 @@ def load_trained_model(path: Path, config: Config, *, compile: bool = False):
             f"{path}: this model takes {_describe(found)} but the config says "
             f"{_describe(expected)}; use the config the model was trained with"
         )
+    return model if compile else _as_configured(model, config)
+
+
+def _as_configured(model, config: Config):
+    """`model` for prediction under the config's train.precision and train.jit.
+
+    A saved model keeps the precision it was trained with; another one is built from the config
+    under the asked precision and given the saved weights (stored in float32 either way).
+    """
+    import keras
+
+    from flexunet_k3.models import build_model
+
+    precision = config.train.precision
+    first = next(layer for layer in model.layers if layer.weights)
+    if first.dtype_policy.name != precision:
+        keras.mixed_precision.set_global_policy(precision)
+        rebuilt = build_model(config.model)
+        rebuilt.set_weights(model.get_weights())
+        model = rebuilt
+    model.jit_compile = JIT[config.train.jit]
     return model
 
 

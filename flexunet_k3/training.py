@@ -18,18 +18,17 @@ from flexunet_k3.callbacks import (
     Plateau,
     ProgressBars,
     RunRecorder,
+    Throughput,
 )
 from flexunet_k3.config import Config, OptimizerConfig
 from flexunet_k3.data.dataset import dataset_from_config
 from flexunet_k3.data.images import list_images
 from flexunet_k3.errors import UserError
-from flexunet_k3.inference import load_trained_model
+from flexunet_k3.inference import JIT, load_trained_model
 from flexunet_k3.losses import get_loss
 from flexunet_k3.metrics import segmentation_metrics
 from flexunet_k3.models import build_model
 from flexunet_k3.run_folder import RunFolder, TrainState, prepare_run, save_model, write_text
-
-JIT = {"auto": "auto", "on": True, "off": False}
 
 
 def make_optimizer(config: OptimizerConfig) -> keras.optimizers.Optimizer:
@@ -107,6 +106,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> T
     callbacks = [
         nan_guard,
         EpochSetter(train_data),
+        Throughput(min(steps * config.train.batch_size, len(train_data.pairs))),
         Plateau(state, config.train.patience, config.train.reducer),
         RunRecorder(run, state),
         *([EpochChangeInfer(infer_paths, config, run.epoch_infer_dir)] if infer_paths else []),

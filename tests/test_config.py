@@ -91,6 +91,9 @@ def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
         load_config(path, ["train.nope=1"])
     with pytest.raises(UserError, match="expected section.key=value"):
         load_config(path, ["train.epochs"])
+    # YAML reads a bare on/off as a boolean; train.jit takes it as the word.
+    assert load_config(path, ["train.jit=off"]).train.jit == "off"
+    assert load_config(write(tmp_path, "train: {jit: on}")).train.jit == "on"
 
 
 def test_resolved_yaml_round_trips(tmp_path):

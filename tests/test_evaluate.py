@@ -14,6 +14,7 @@ from PIL import Image
 from flexunet_k3.config import Config, load_config
 from flexunet_k3.data.dataset import dataset_from_config
 from flexunet_k3.evaluation import evaluate_folders
+from flexunet_k3.inference import load_trained_model
 
 SQUARE = np.zeros((16, 16), bool)
 SQUARE[2:6, 2:6] = True
@@ -123,6 +124,23 @@ def test_model_evaluation_reports_agree(trained_run, tmp_path):
         for folder in (run, tmp_path / "scores")
     )
     assert from_files == from_model
+
+
+def test_a_float32_model_predicts_under_the_configured_precision(trained_run):
+    best = trained_run.parent / "run" / "models" / "best.keras"
+    config = load_config(trained_run, ["train.precision=mixed_bfloat16", "train.jit=off"])
+    try:
+        model = load_trained_model(best, config)
+        policies = {layer.dtype_policy.name for layer in model.layers if layer.weights}
+        assert policies == {"mixed_bfloat16"}
+        assert model.jit_compile is False
+        images, _ = dataset_from_config(config, "test", training=False)[0]
+        bf16 = np.asarray(model.predict_on_batch(images))
+        assert bf16.dtype == np.float32  # the final softmax stays in float32
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    float32 = np.asarray(keras.saving.load_model(best).predict_on_batch(images))
+    assert np.abs(bf16 - float32).max() < 0.05
 
 
 def test_bad_inputs_exit_2_with_one_line(trained_run, tiny_dataset, tmp_path):

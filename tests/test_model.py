@@ -40,6 +40,7 @@ def test_output_shape_and_activation(normalization, num_classes):
         num_layers=3,
         dilation=2,
         normalization=normalization,
+        normalization_momentum=0.9,
         input_normalize=True,
     )
     model = build_model(cfg)
@@ -52,6 +53,8 @@ def test_output_shape_and_activation(normalization, num_classes):
     names = [layer.__class__.__name__ for layer in model.layers]
     assert "Rescaling" in names and "Lambda" not in names
     assert ("BatchNormalization" in names) == normalization
+    momenta = {layer.momentum for layer in model.layers if hasattr(layer, "momentum")}
+    assert momenta == ({0.9} if normalization else set())
 
 
 def test_unknown_architecture_is_refused():

@@ -55,3 +55,30 @@ def test_saved_model_loads_under_other_backends(outputs, name, saved, loaded):
     original = np.load(outputs / f"{saved}_{name}.npy")
     again = np.load(outputs / f"{loaded}_from_{saved}_{name}.npy")
     assert np.abs(original - again).max() < TOLERANCE
+
+
+SAVE_AND_LIST = """
+import sys
+from flexunet_k3.backend import select_backend
+select_backend()
+import keras
+keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]).save(sys.argv[1])
+print(",".join(m for m in ("tensorflow", "jax", "torch") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_backend_loads_alone_and_starts_quietly(backend, tmp_path):
+    """With all three installed, saving a model under JAX or PyTorch does not import tensorflow
+    (Keras' saving would), and TensorFlow's C++ start-up lines stay off stderr. (jax is
+    imported by `import keras` itself wherever it is installed.)"""
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    done = subprocess.run(
+        [sys.executable, "-c", SAVE_AND_LIST, str(tmp_path / "model.keras")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = done.stdout.strip().split(",")
+    assert backend in imported and ("tensorflow" in imported) == (backend == "tensorflow")
+    assert "absl::InitializeLog" not in done.stderr and "I0000" not in done.stderr, done.stderr

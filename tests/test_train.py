@@ -44,6 +44,7 @@ def test_run_folder_is_complete_seeded_and_guarded(tmp_path, tiny_dataset):
     state = read_state(run)
     assert state["status"] == "completed" and state["epoch"] == 2
     assert state["history"]["learning_rate"][0] == pytest.approx(0.01)
+    assert len(state["history"]["images_per_s"]) == 2 and min(state["history"]["images_per_s"]) > 0
 
     (run / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="finished run .* pass --resume .* or --overwrite"):

@@ -22,7 +22,9 @@ def _conv_block(x, level: dict, config: ModelConfig, name: str):
             name=f"{name}_conv{j}",
         )(x)
         if config.normalization:
-            x = layers.BatchNormalization(name=f"{name}_bn{j}")(x)
+            x = layers.BatchNormalization(
+                momentum=config.normalization_momentum, name=f"{name}_bn{j}"
+            )(x)
         if j == 1:
             x = layers.Dropout(level["dropout"], name=f"{name}_dropout")(x)
     return x
