@@ -4,8 +4,8 @@
 units) and `labelsTr/lung_XXX.nii.gz` (uint8, 1 = tumor), so `prepare msd` and everything after
 it run with no download. Each case draws its own anatomy from a seeded generator: body outline
 with fat and muscle, two lungs with branching vessels (soft-tissue blobs and tubes that look like
-small tumors), heart and aorta, spine and ribs, then 0 to 3 lobulated tumors of 5 to 60 mm
-(median 20 mm, about a third of them on the lung wall) and Gaussian noise. Volumes are stored
+small tumors), heart and aorta, spine and ribs, then 0 to 3 lobulated tumors of about 5 to 70 mm
+(median 24 mm, about a third of them on the lung wall) and Gaussian noise. Volumes are stored
 the way DICOM-derived NIfTI files usually are: voxel axes towards the patient's left, posterior and
 superior, with the matching affine.
 """
@@ -37,9 +37,10 @@ HU = {
 }
 TUMOR_COUNT_P = (0.05, 0.50, 0.30, 0.15)  # 0, 1, 2, 3 tumors: nearly every case has one
 VESSEL_SIGMA_MM, VESSEL_RADIUS_MM = 1.6, 2.8
-# Tumor diameters: log-normal around 20 mm, kept to 5-60 mm. The tumors of the real slices in
-# this project's reference set measure about 6 to 70 mm across, most of them 1 to 3 cm.
-TUMOR_MEDIAN_MM, TUMOR_LOG_SD, TUMOR_RANGE_MM = 20.0, 0.5, (5.0, 60.0)
+# Outer tumor diameters: log-normal, kept to 7-85 mm. Lobulated, a tumor's largest cross-section
+# then measures (as the diameter of a disk of its area) 5 to 70 mm, median 24 mm, 10% under 13 mm:
+# about what the tumors of real MSD Task06 slices measure (roughly 10 to 65 mm, median 20-25).
+TUMOR_MEDIAN_MM, TUMOR_LOG_SD, TUMOR_RANGE_MM = 32.0, 0.5, (7.0, 85.0)
 
 
 def write_synthetic_dataset(
@@ -237,7 +238,7 @@ def _add_segment(density, start, end, weight, stop, voxel_mm) -> None:
 
 
 def _tumor(rng, lungs, voxel_mm) -> np.ndarray:
-    """A lobulated blob of 5-60 mm centred in a lung, a third of them on the lung wall."""
+    """A lobulated blob of 5-70 mm centred in a lung, a third of them on the lung wall."""
     diameter = float(np.clip(rng.lognormal(np.log(TUMOR_MEDIAN_MM), TUMOR_LOG_SD), *TUMOR_RANGE_MM))
     radius = diameter / 2
     candidates = lungs
