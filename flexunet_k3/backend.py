@@ -39,7 +39,7 @@ def select_backend(name: str | None = None) -> str:
     if importlib.util.find_spec(chosen) is None:
         raise UserError(f"backend {chosen!r} is not installed: pip install 'flexunet-k3[{chosen}]'")
     os.environ["KERAS_BACKEND"] = chosen
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # 3: not even "no CUDA driver" errors
     if chosen == "tensorflow":
         quiet = os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0"
         # TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL; set it to 0 to see them.

@@ -164,7 +164,7 @@ def run_case(config_path: str, overrides: list[str], case: Case, timeout: float)
         return Row(case=case, error=f"{case.backend} is not installed")
     command = [sys.executable, "-m", "flexunet_k3.benchmark", config_path, json.dumps(asdict(case))]
     command += overrides
-    env = {**os.environ, "KERAS_BACKEND": case.backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "KERAS_BACKEND": case.backend}
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
