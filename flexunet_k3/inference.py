@@ -67,7 +67,8 @@ def _as_configured(model, config: Config):
         rebuilt = build_model(config.model)
         rebuilt.set_weights(model.get_weights())
         model = rebuilt
-    model.jit_compile = JIT[config.train.jit]
+    if config.train.jit != "auto":  # "auto" stays Keras' choice per backend (no torch.compile)
+        model.jit_compile = JIT[config.train.jit]
     return model
 
 
