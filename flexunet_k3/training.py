@@ -100,7 +100,8 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> T
     state.epochs, state.status = epochs, "running"
     write_text(run.config, config.to_yaml())
 
-    steps = min(config.train.steps_per_epoch or len(train_data), len(train_data))
+    train_data.max_batches = config.train.steps_per_epoch
+    steps = len(train_data)
     nan_guard = NanGuard()
     bars = ProgressBars(epochs, state.epoch, steps, len(valid_data))
     callbacks = [
@@ -114,7 +115,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> T
     ]
     try:
         model.fit(
-            train_data, validation_data=valid_data, epochs=epochs, steps_per_epoch=steps,
+            train_data, validation_data=valid_data, epochs=epochs,
             initial_epoch=state.epoch, callbacks=callbacks, verbose=0, shuffle=False,
         )
     except KeyboardInterrupt:

@@ -54,6 +54,15 @@ def test_run_folder_is_complete_seeded_and_guarded(tmp_path, tiny_dataset):
     assert (run / "notes.txt").read_text() == "mine"
 
 
+def test_steps_per_epoch_below_the_data_runs_every_epoch(tmp_path, tiny_dataset, recwarn):
+    # 6 batches of training data, 4 per epoch: Keras alone runs out of data in epoch 2 and
+    # cuts the run short with a warning.
+    train_section = {"epochs": 3, "steps_per_epoch": 4, "epoch_change_infer": False}
+    state = train(load_config(write_config(tmp_path, tiny_dataset, train=train_section))).state
+    assert state.status == "completed" and len(state.history["loss"]) == 3
+    assert not [w for w in recwarn if "ran out of data" in str(w.message)]
+
+
 def test_mixed_precision_policy_is_honoured(tmp_path, tiny_dataset):
     train_section = {"epochs": 1, "precision": "mixed_bfloat16", "epoch_change_infer": False}
     config = write_config(tmp_path, tiny_dataset, train=train_section)

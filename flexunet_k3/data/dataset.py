@@ -71,6 +71,9 @@ class SegmentationDataset(keras.utils.PyDataset):
         self._off_color = np.full(len(self.pairs), -1, np.int64)  # -1: not read yet
         self._warn_once = threading.Lock()  # acquired by the one warning, never released
         self._images = self._labels = None
+        # Batches per epoch when fewer than all (train.steps_per_epoch): each epoch then takes
+        # the first ones of its own shuffled order, rather than Keras running out of batches.
+        self.max_batches: int | None = None
         if cache == "disk":
             if cache_dir is None:
                 raise ValueError("cache='disk' needs a cache_dir")
@@ -81,7 +84,8 @@ class SegmentationDataset(keras.utils.PyDataset):
         self.set_epoch(0)
 
     def __len__(self) -> int:
-        return -(-len(self.pairs) // self.batch_size)
+        batches = -(-len(self.pairs) // self.batch_size)
+        return batches if self.max_batches is None else min(batches, self.max_batches)
 
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
