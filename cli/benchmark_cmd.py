@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from flexunet_k3 import progress
@@ -102,7 +103,9 @@ def benchmark(
         f"{m.image_height}x{m.image_width}x{m.image_channels}, {m.num_layers} levels, "
         f"base_filters {m.base_filters}, kernels {m.base_kernels[0]}"
     )
-    console.print(_table(rows, title), width=max(console.width, 150))
+    # a log or pipe gets the whole table, not one squeezed to 80 columns
+    wide = console if console.is_terminal else Console(width=max(console.width, 160))
+    wide.print(_table(rows, title))
     if json_file:
         write_json(
             json_file,
