@@ -16,12 +16,13 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from typing import get_args
 
 from flexunet_k3.backend import installed_backends
-from flexunet_k3.config import Config
+from flexunet_k3.config import Config, TrainConfig
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-JIT_MODES = ("auto", "on", "off")
+PRECISIONS = get_args(TrainConfig.model_fields["precision"].annotation)
+JIT_MODES = get_args(TrainConfig.model_fields["jit"].annotation)
 
 
 @dataclass

@@ -194,7 +194,7 @@ class TrainConfig(Section):
     @classmethod
     def _yaml_switch(cls, value):
         """YAML reads a bare on/off as true/false."""
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+        return ("on" if value else "off") if isinstance(value, bool) else value
 
 
 class InferConfig(Section):

@@ -134,8 +134,11 @@ def prepare_msd(
     cases = read_cases(task)
     _check_output(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-    try:
+    # our own staging folder beside the output, removed however this ends
+    with tempfile.TemporaryDirectory(
+        prefix=f".{output.name}.", suffix=".tmp", dir=output.parent, ignore_cleanup_errors=True
+    ) as temporary:
+        staging = Path(temporary)
         jobs = [
             CaseJob(
                 task, case, image, label, staging / "cases" / case, window, size, keep_empty, seed
@@ -150,8 +153,6 @@ def prepare_msd(
         stats["settings"] = {"source": str(source), **settings, "seed": seed}
         write_statistics(staging, stats, output.resolve().name)
         _install(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # our own temporary folder, never the output
     return stats
 
 
