@@ -58,9 +58,12 @@ class SegmentationDataset(keras.utils.PyDataset):
         cache: Literal["none", "memory", "disk"] = "none",
         cache_dir: Path | None = None,
         normalize: bool = True,
-        workers: int = 0,
+        workers: int = 2,
     ):
-        super().__init__(workers=max(workers, 1), use_multiprocessing=False)
+        # Two or more workers: Keras prefetches batches in its own thread pool. With one,
+        # Keras' TensorFlow trainer prefetches through tf.data instead, and dropping that
+        # iterator at an epoch's end stalled the next epoch's first step (27 s measured).
+        super().__init__(workers=max(workers, 2), use_multiprocessing=False)
         self.pairs = list(pairs)
         self.image_size = tuple(image_size)
         self.channels = channels
