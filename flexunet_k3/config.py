@@ -191,6 +191,8 @@ class TrainConfig(Section):
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
     jit: Literal["auto", "on", "off"] = "auto"
     steps_per_epoch: PositiveInt | None = None  # None: every batch; fewer for smoke runs
+    # Keep freed memory in the process (glibc): faster steps, higher peak memory (BENCHMARKS.md)
+    reuse_freed_memory: bool = False
 
     @field_validator("jit", mode="before")
     @classmethod

@@ -26,6 +26,7 @@ from flexunet_k3.data.images import list_images
 from flexunet_k3.errors import UserError
 from flexunet_k3.inference import JIT, load_trained_model
 from flexunet_k3.losses import get_loss
+from flexunet_k3.memory import keep_freed_memory
 from flexunet_k3.metrics import segmentation_metrics
 from flexunet_k3.models import build_model
 from flexunet_k3.run_folder import RunFolder, TrainState, prepare_run, save_model, write_text
@@ -93,6 +94,8 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> T
     valid_data = dataset_from_config(config, "valid", training=False)
     infer_paths = epoch_infer_paths(config)
 
+    if config.train.reuse_freed_memory:
+        keep_freed_memory()
     keras.utils.set_random_seed(config.train.seed)
     keras.mixed_precision.set_global_policy(config.train.precision)
     model = load_trained_model(run.last, config, compile=True) if resume else compile_model(config)

@@ -3,6 +3,7 @@
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -61,6 +62,29 @@ def test_steps_per_epoch_below_the_data_runs_every_epoch(tmp_path, tiny_dataset,
     state = train(load_config(write_config(tmp_path, tiny_dataset, train=train_section))).state
     assert state.status == "completed" and len(state.history["loss"]) == 3
     assert not [w for w in recwarn if "ran out of data" in str(w.message)]
+
+
+REFAULTS = """
+import resource, sys
+if sys.argv[1] == "reuse":
+    from flexunet_k3.memory import keep_freed_memory
+    assert keep_freed_memory()
+bytearray(2**26)  # 64 MiB, zero-filled and freed at once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+bytearray(2**26)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_reused_freed_memory_is_not_page_faulted_in_again():
+    def faults(mode):
+        done = subprocess.run(
+            [sys.executable, "-c", REFAULTS, mode], capture_output=True, text=True, check=True
+        )
+        return int(done.stdout)
+
+    assert faults("default") > 15_000  # 16,384 pages of 4 KiB, mapped anew
+    assert faults("reuse") < 1_000
 
 
 def test_mixed_precision_policy_is_honoured(tmp_path, tiny_dataset):
