@@ -52,7 +52,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, nargs="+", default=[200, 800])
     parser.add_argument("--steps", type=int, default=3, help="training steps (batches of 2)")
+    parser.add_argument("--set", action="append", default=[], help="config override, repeatable")
     args = parser.parse_args()
+    overrides = [part for item in args.set for part in ("--set", item)]
     with tempfile.TemporaryDirectory(prefix="flexunet-memory-") as scratch:
         for count in args.images:
             dataset = Path(scratch) / f"dataset-{count}"
@@ -64,7 +66,7 @@ def main() -> None:
                 "--set", f"data.dataset={dataset}", "--set", "data.cache=none",
                 "--set", f"train.output_dir={Path(scratch) / f'run-{count}'}",
                 "--set", "train.epochs=1", "--set", f"train.steps_per_epoch={args.steps}",
-                "--set", f"infer.images_dir={dataset / 'test' / 'images'}",
+                "--set", f"infer.images_dir={dataset / 'test' / 'images'}", *overrides,
             ])
             gb = kb * 1024 / 1e9
             verdict = "ok" if gb < LIMIT_GB else f"over {LIMIT_GB} GB"

@@ -63,7 +63,9 @@ class SegmentationDataset(keras.utils.PyDataset):
         # Two or more workers: Keras prefetches batches in its own thread pool. With one,
         # Keras' TensorFlow trainer prefetches through tf.data instead, and dropping that
         # iterator at an epoch's end stalled the next epoch's first step (27 s measured).
-        super().__init__(workers=max(workers, 2), use_multiprocessing=False)
+        # A batch ahead per worker keeps them busy; Keras' default of 10 costs memory.
+        workers = max(workers, 2)
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=workers)
         self.pairs = list(pairs)
         self.image_size = tuple(image_size)
         self.channels = channels
