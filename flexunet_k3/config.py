@@ -128,9 +128,9 @@ class DataConfig(Section):
         min_length=1,
     )
     cache: Literal["none", "memory", "disk"] = "none"
-    # Loader threads: they decode (and cache) images and prefetch batches. At least 2, so
-    # Keras prefetches with its own threads on every backend (see SegmentationDataset).
-    workers: Annotated[int, Field(ge=2)] = 2
+    # Loader threads: they decode (and cache) images and prefetch batches; under TensorFlow at
+    # least 2 (see SegmentationDataset).
+    workers: Annotated[int, Field(ge=1)] = 1
 
     def split_dirs(self, split: Literal["train", "valid", "test"]) -> tuple[Path, Path]:
         """(images, masks) folders of a split; explicit keys win over `dataset`."""

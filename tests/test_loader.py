@@ -317,15 +317,17 @@ def test_dataset_from_config_augments_and_shuffles_only_for_training(tmp_path):
     assert chunks[0][1].shape == (3, 32, 32, 3) and chunks[0][2][0] == (24, 32)
 
 
-def test_the_loader_prefetches_in_keras_threads(tmp_path):
+def test_the_loader_prefetches_in_keras_threads_under_tensorflow(tmp_path):
     # With one worker, Keras' TensorFlow trainer prefetches through tf.data, and dropping that
     # iterator at an epoch's end stalled the next epoch (27 s per epoch in BENCHMARKS.md).
+    import keras
+
     write_split(tmp_path / "train", count=4)
-    assert make_dataset(tmp_path / "train").workers == 2
-    assert make_dataset(tmp_path / "train", workers=1).workers == 2
+    least = 2 if keras.backend.backend() == "tensorflow" else 1
+    assert make_dataset(tmp_path / "train").workers == least
     assert make_dataset(tmp_path / "train", workers=3).workers == 3
     with pytest.raises(ValueError, match="workers"):
-        Config.model_validate({"data": {"workers": 1}})
+        Config.model_validate({"data": {"workers": 0}})
 
 
 # ---- real CT slices --------------------------------------------------------------------------

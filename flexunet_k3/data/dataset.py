@@ -58,13 +58,15 @@ class SegmentationDataset(keras.utils.PyDataset):
         cache: Literal["none", "memory", "disk"] = "none",
         cache_dir: Path | None = None,
         normalize: bool = True,
-        workers: int = 2,
+        workers: int = 1,
     ):
-        # Two or more workers: Keras prefetches batches in its own thread pool. With one,
-        # Keras' TensorFlow trainer prefetches through tf.data instead, and dropping that
-        # iterator at an epoch's end stalled the next epoch's first step (27 s measured).
-        # A batch ahead per worker keeps them busy; Keras' default of 10 costs memory.
-        workers = max(workers, 2)
+        # With one worker, Keras' TensorFlow trainer prefetches through tf.data, and dropping
+        # that iterator at an epoch's end stalled the next epoch's first step (27 s measured);
+        # with two or more, Keras prefetches in its own thread pool. Other backends keep one
+        # worker: under JAX that thread pool sometimes swallowed Ctrl-C. A batch ahead per
+        # worker keeps them busy; Keras' default of 10 costs memory.
+        if keras.backend.backend() == "tensorflow":
+            workers = max(workers, 2)
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=workers)
         self.pairs = list(pairs)
         self.image_size = tuple(image_size)
