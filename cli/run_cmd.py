@@ -16,6 +16,7 @@ from rich.table import Table
 
 from flexunet_k3.config import Config, load_config
 from flexunet_k3.errors import UserError
+from flexunet_k3.interrupt import deferred
 from flexunet_k3.run_folder import RunFolder
 
 from .state import console, errors, use_backend
@@ -60,21 +61,17 @@ def train(
     ] = False,
 ) -> None:
     """Train a model: checkpoints, curves, history and epoch-change masks in train.output_dir."""
-    cfg = _start(config, overrides)
-    from flexunet_k3.training import train as run_training
+    with deferred():  # a Ctrl-C while keras loads waits for a safe point too
+        cfg = _start(config, overrides)
+        from flexunet_k3.training import train as run_training
 
-    run = RunFolder(cfg.train.output_dir)
-    try:
-        with _warnings_as_lines():
-            result = run_training(cfg, resume=resume, overwrite=overwrite)
-    except KeyboardInterrupt:
-        state = run.read_state()
-        if state is not None and state.status == "interrupted":
-            errors.print(
-                f"saved {run.last} (epoch {state.epoch} done); continue with: "
-                f"flexunet train --config {config} --resume", markup=False, soft_wrap=True,
-            )
-        raise
+        run = RunFolder(cfg.train.output_dir)
+        try:
+            with _warnings_as_lines():
+                result = run_training(cfg, resume=resume, overwrite=overwrite)
+        except KeyboardInterrupt:
+            errors.print(_after_ctrl_c(run, config), markup=False, soft_wrap=True)
+            raise
     state = result.state
     if result.model is None:
         _say(f"nothing to train: {run.root} holds {state.describe()}; "
@@ -84,6 +81,17 @@ def train(
         f"{state.status.replace('_', ' ')} after {state.epoch} epochs; best val_loss "
         f"{state.best_val_loss:.4g} at epoch {state.best_epoch}; outputs in {run.root}"
     )
+
+
+def _after_ctrl_c(run: RunFolder, config: Path) -> str:
+    """What an interrupted `flexunet train` left, and how to go on."""
+    state = run.read_state()
+    if state is None or state.status != "interrupted":
+        return "interrupted before training started"
+    if not run.last.is_file():
+        return "interrupted in the first epoch: nothing to resume; start again with --overwrite"
+    return (f"{run.last} holds epoch {state.epoch}; continue with: "
+            f"flexunet train --config {config} --resume")
 
 
 def evaluate(

@@ -1,7 +1,8 @@
 """Keras callbacks of `flexunet train`: NaN guard, plateau control, run records, progress.
 
 They share one `TrainState` (kept in history.json), so a resumed run continues their counters.
-Order matters in the callback list: NanGuard, EpochSetter, Plateau, RunRecorder, then the rest.
+Order matters in the callback list: SafeInterrupt, NanGuard, EpochSetter, Plateau,
+RunRecorder, then the rest.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import keras
 from flexunet_k3 import progress
 from flexunet_k3.config import Config, ReducerConfig
 from flexunet_k3.inference import write_predictions
+from flexunet_k3.interrupt import raise_if_pressed
 from flexunet_k3.plots import write_curves
 from flexunet_k3.run_folder import RunFolder, TrainState, save_model
 
@@ -39,6 +41,16 @@ class NanGuard(keras.callbacks.Callback):
         if self.where is None and not finite_loss(logs):
             self.where = (self.epoch + 1, batch + 1)
             self.model.stop_training = True
+
+
+class SafeInterrupt(keras.callbacks.Callback):
+    """Raises a Ctrl-C held by `flexunet_k3.interrupt.deferred()` between steps and epochs."""
+
+    def _raise_if_pressed(self, *args, **kwargs):
+        raise_if_pressed()
+
+    on_epoch_begin = on_train_batch_begin = on_train_batch_end = _raise_if_pressed
+    on_test_batch_end = _raise_if_pressed
 
 
 class EpochSetter(keras.callbacks.Callback):

@@ -1,7 +1,9 @@
 """`flexunet train`: build or resume the model, fit with checkpoints, curves and progress.
 
-Ctrl-C saves models/last.keras and re-raises KeyboardInterrupt; `resume=True` continues from it
-with its optimizer state, epoch count and plateau counters (history.json).
+Ctrl-C stops at the next step or epoch boundary, saves models/last.keras and re-raises
+KeyboardInterrupt (a second Ctrl-C stops at once, keeping the last finished epoch's
+checkpoint); `resume=True` continues from it with its optimizer state, epoch count and plateau
+counters (history.json).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from flexunet_k3.callbacks import (
     Plateau,
     ProgressBars,
     RunRecorder,
+    SafeInterrupt,
     Throughput,
 )
 from flexunet_k3.config import Config, OptimizerConfig
@@ -25,6 +28,7 @@ from flexunet_k3.data.dataset import dataset_from_config
 from flexunet_k3.data.images import list_images
 from flexunet_k3.errors import UserError
 from flexunet_k3.inference import JIT, load_trained_model
+from flexunet_k3.interrupt import Interrupted, deferred, raise_if_pressed
 from flexunet_k3.losses import get_loss
 from flexunet_k3.memory import keep_freed_memory
 from flexunet_k3.metrics import segmentation_metrics
@@ -90,6 +94,20 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> T
     epochs = config.train.epochs
     if state is not None and (state.status == "early_stopped" or state.epoch >= epochs):
         return TrainResult(state, None)
+    state = state or TrainState(epochs=epochs)
+    with deferred():  # Ctrl-C waits for a safe point (flexunet_k3.interrupt)
+        model, nan_at = _fit(config, run, state, resume=resume)
+        _finish(model, run, state, nan_at)
+    return TrainResult(state, model)
+
+
+def _fit(
+    config: Config, run: RunFolder, state: TrainState, *, resume: bool
+) -> tuple[keras.Model, tuple[int, int] | None]:
+    """Build (or load) the model and fit it; return it and where the loss became NaN, if it did.
+
+    Ctrl-C before the first step stops with nothing written; later it saves models/last.keras.
+    """
     train_data = dataset_from_config(config, "train", training=True)
     valid_data = dataset_from_config(config, "valid", training=False)
     infer_paths = epoch_infer_paths(config)
@@ -99,15 +117,16 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> T
     keras.utils.set_random_seed(config.train.seed)
     keras.mixed_precision.set_global_policy(config.train.precision)
     model = load_trained_model(run.last, config, compile=True) if resume else compile_model(config)
-    state = state or TrainState(epochs=epochs)
-    state.epochs, state.status = epochs, "running"
+    raise_if_pressed()
+    state.epochs, state.status = config.train.epochs, "running"
     write_text(run.config, config.to_yaml())
 
     train_data.max_batches = config.train.steps_per_epoch
     steps = len(train_data)
     nan_guard = NanGuard()
-    bars = ProgressBars(epochs, state.epoch, steps, len(valid_data))
+    bars = ProgressBars(state.epochs, state.epoch, steps, len(valid_data))
     callbacks = [
+        SafeInterrupt(),
         nan_guard,
         EpochSetter(train_data),
         Throughput(min(steps * config.train.batch_size, len(train_data.pairs))),
@@ -118,18 +137,18 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> T
     ]
     try:
         model.fit(
-            train_data, validation_data=valid_data, epochs=epochs,
+            train_data, validation_data=valid_data, epochs=state.epochs,
             initial_epoch=state.epoch, callbacks=callbacks, verbose=0, shuffle=False,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         state.status = "interrupted"
-        save_model(model, run.last)
+        if isinstance(stop, Interrupted):  # raised at a step or epoch boundary: weights whole
+            save_model(model, run.last)
         state.save(run.history)
         raise
     finally:
         bars.close()
-    _finish(model, run, state, nan_guard.where)
-    return TrainResult(state, model)
+    return model, nan_guard.where
 
 
 def _finish(model, run: RunFolder, state: TrainState, nan_at: tuple[int, int] | None) -> None:

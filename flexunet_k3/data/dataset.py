@@ -63,8 +63,8 @@ class SegmentationDataset(keras.utils.PyDataset):
         # With one worker, Keras' TensorFlow trainer prefetches through tf.data, and dropping
         # that iterator at an epoch's end stalled the next epoch's first step (27 s measured);
         # with two or more, Keras prefetches in its own thread pool. Other backends keep one
-        # worker: under JAX that thread pool sometimes swallowed Ctrl-C. A batch ahead per
-        # worker keeps them busy; Keras' default of 10 costs memory.
+        # worker, which keeps pace with their steps (BENCHMARKS.md). A batch ahead per worker
+        # keeps them busy; Keras' default of 10 costs memory.
         if keras.backend.backend() == "tensorflow":
             workers = max(workers, 2)
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=workers)
