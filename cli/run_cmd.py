@@ -61,7 +61,7 @@ def train(
     ] = False,
 ) -> None:
     """Train a model: checkpoints, curves, history and epoch-change masks in train.output_dir."""
-    with deferred():  # a Ctrl-C while keras loads waits for a safe point too
+    with deferred():  # Ctrl-C waits for a step or epoch boundary (also while keras loads)
         cfg = _start(config, overrides)
         from flexunet_k3.training import train as run_training
 
@@ -123,14 +123,15 @@ def evaluate(
     elif config is None:
         raise UserError("give --config (to score the trained model) or --predictions and --masks")
     else:
-        cfg = _start(config, overrides)
-        from flexunet_k3.evaluation import evaluate_model
-        from flexunet_k3.inference import load_trained_model
+        with deferred():  # Ctrl-C waits for the next batch
+            cfg = _start(config, overrides)
+            from flexunet_k3.evaluation import evaluate_model
+            from flexunet_k3.inference import load_trained_model
 
-        run = RunFolder(cfg.train.output_dir)
-        model = load_trained_model(run.best, cfg)
-        with _warnings_as_lines():
-            report = evaluate_model(model, cfg)
+            run = RunFolder(cfg.train.output_dir)
+            model = load_trained_model(run.best, cfg)
+            with _warnings_as_lines():
+                report = evaluate_model(model, cfg)
         folder = output or run.root
     write_report(report, folder)
     table = Table("metric", "value", "counted", title=f"evaluation ({report.summary['images']} "
@@ -158,18 +159,19 @@ def infer(
     ] = None,
 ) -> None:
     """Segment a folder of images with models/best.keras: palette PNG masks named like them."""
-    cfg = _start(config, overrides)
-    from flexunet_k3.inference import infer_folder, load_trained_model
+    with deferred():  # Ctrl-C waits for the next batch
+        cfg = _start(config, overrides)
+        from flexunet_k3.inference import infer_folder, load_trained_model
 
-    run = RunFolder(cfg.train.output_dir)
-    images_dir = images or cfg.infer.images_dir or cfg.data.split_dirs("test")[0]
-    output_dir = output or cfg.infer.output_dir or run.infer_dir
-    model = load_trained_model(run.best, cfg)
-    with _warnings_as_lines():
-        result = infer_folder(
-            model, cfg, images_dir, output_dir,
-            with_overlays=cfg.infer.overlay if overlay is None else overlay,
-        )
+        run = RunFolder(cfg.train.output_dir)
+        images_dir = images or cfg.infer.images_dir or cfg.data.split_dirs("test")[0]
+        output_dir = output or cfg.infer.output_dir or run.infer_dir
+        model = load_trained_model(run.best, cfg)
+        with _warnings_as_lines():
+            result = infer_folder(
+                model, cfg, images_dir, output_dir,
+                with_overlays=cfg.infer.overlay if overlay is None else overlay,
+            )
     if result.skipped:
         errors.print(
             f"warning: skipped {len(result.skipped)} non-image files in {images_dir}: "

@@ -4,8 +4,8 @@ A KeyboardInterrupt raised inside a backend's native code can break it (JAX's co
 segfaulted; TensorFlow raised SystemError mid-prediction), and one raised inside a garbage
 collector callback (JAX registers one) is silently dropped, so the run went on. Within
 `deferred()` the first Ctrl-C only marks itself; `raise_if_pressed()` raises `Interrupted` at
-the caller's safe point (between steps, before or after an epoch). A second Ctrl-C
-interrupts at once, as usual.
+the caller's safe point (between training steps, at an epoch's start, between the items of
+`progress.track`). A second Ctrl-C interrupts at once, as usual.
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         _depth -= 1
-        if _depth == 0 and catchable:
-            signal.signal(signal.SIGINT, previous)
+        if _depth == 0:
+            _pressed = False
+            if catchable:
+                signal.signal(signal.SIGINT, previous)
 
 
 def raise_if_pressed() -> None:

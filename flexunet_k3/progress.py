@@ -18,6 +18,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from flexunet_k3.interrupt import raise_if_pressed
+
 T = TypeVar("T")
 _settings = {"quiet": False}
 console = Console()
@@ -49,14 +51,20 @@ def new_progress(**kwargs) -> Progress:
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Yield from `items` while showing progress (about ten plain lines when not on a terminal)."""
+    """Yield from `items` while showing progress (about ten plain lines when not on a terminal).
+
+    Before each item a Ctrl-C held by `flexunet_k3.interrupt.deferred()` is raised.
+    """
     total = total if total is not None else len(items)  # type: ignore[arg-type]
     if is_quiet():
-        yield from items
+        for item in items:
+            raise_if_pressed()
+            yield item
         return
     if not console.is_terminal:
         step = max(1, total // 10)
         for done, item in enumerate(items, 1):
+            raise_if_pressed()
             yield item
             if done % step == 0 or done == total:
                 print(f"{description}: {done}/{total}", flush=True)
@@ -64,5 +72,6 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     with new_progress() as progress:
         task = progress.add_task(description, total=total, info="")
         for item in items:
+            raise_if_pressed()
             yield item
             progress.advance(task)

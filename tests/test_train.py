@@ -15,7 +15,7 @@ from flexunet_k3 import training
 from flexunet_k3.callbacks import RunRecorder
 from flexunet_k3.config import load_config
 from flexunet_k3.errors import UserError
-from flexunet_k3.interrupt import Interrupted, deferred, raise_if_pressed
+from flexunet_k3.interrupt import Interrupted
 from flexunet_k3.run_folder import RunFolder, TrainState
 from flexunet_k3.training import train
 
@@ -134,21 +134,6 @@ def test_ctrl_c_saves_last_and_resume_finishes_the_run(tmp_path, tiny_dataset):
     epochs = [line.split(",")[0] for line in (run / "eval" / "train_losses.csv").open()]
     assert epochs == ["epoch", "1", "2", "3", "4", "5", "6"]
     assert (run / "epoch_change_infer" / "mosaic" / "Epoch_6.png").is_file()
-
-
-def test_ctrl_c_waits_for_a_safe_point_and_a_second_one_stops_at_once():
-    with deferred():
-        with deferred():  # nested: held by the outer one
-            raise_if_pressed()
-            signal.raise_signal(signal.SIGINT)  # as if in native code: nothing raised there
-        with pytest.raises(Interrupted):
-            raise_if_pressed()
-        with pytest.raises(KeyboardInterrupt) as forced:
-            signal.raise_signal(signal.SIGINT)
-        assert not isinstance(forced.value, Interrupted)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with deferred():
-        raise_if_pressed()  # a new run starts with no Ctrl-C held
 
 
 def test_ctrl_c_during_epoch_end_callbacks_lets_them_finish(tmp_path, tiny_dataset, monkeypatch):
