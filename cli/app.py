@@ -105,3 +105,7 @@ def main() -> None:
     except KeyboardInterrupt:
         errors.print("interrupted")
         sys.exit(130)
+    except SystemExit as exit_:
+        if exit_.code == 130:  # Typer's own answer to a Ctrl-C inside a command, silent
+            errors.print("interrupted")
+        raise

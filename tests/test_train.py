@@ -120,7 +120,7 @@ def test_ctrl_c_saves_last_and_resume_finishes_the_run(tmp_path, tiny_dataset):
         process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 130, stderr
-    assert "--resume" in stderr
+    assert "--resume" in stderr and stderr.rstrip().endswith("interrupted")
     state = read_state(run)
     assert state["status"] == "interrupted" and 1 <= state["epoch"] < 6
     last = keras.saving.load_model(run / "models" / "last.keras")
