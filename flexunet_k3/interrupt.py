@@ -1,4 +1,4 @@
-"""Ctrl-C during training, delivered at a safe point and never lost.
+"""Ctrl-C delivered at a safe point and never lost (train, evaluate, infer).
 
 A KeyboardInterrupt raised inside a backend's native code can break it (JAX's compiler
 segfaulted; TensorFlow raised SystemError mid-prediction), and one raised inside a garbage
