@@ -155,6 +155,19 @@ def test_ctrl_c_during_epoch_end_callbacks_lets_them_finish(tmp_path, tiny_datas
     assert keras.saving.load_model(run / "models" / "last.keras").optimizer.iterations > 0
 
 
+def test_ctrl_c_while_the_model_builds_stops_before_training(tmp_path, tiny_dataset, monkeypatch):
+    def compile_with_ctrl_c(config):
+        signal.raise_signal(signal.SIGINT)  # as if pressed during JAX's compilation
+        return compile_model(config)
+
+    compile_model = training.compile_model
+    monkeypatch.setattr(training, "compile_model", compile_with_ctrl_c)
+    with pytest.raises(Interrupted):
+        train(load_config(write_config(tmp_path, tiny_dataset)))
+    assert not (tmp_path / "run" / "history.json").exists()
+    assert not (tmp_path / "run" / "models" / "last.keras").exists()
+
+
 def test_nan_loss_stops_with_one_line(tmp_path, tiny_dataset):
     optimizer = {"name": "sgd", "learning_rate": 1e30, "clipvalue": None}
     config = write_config(tmp_path, tiny_dataset, optimizer=optimizer)
