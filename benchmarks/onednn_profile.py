@@ -29,13 +29,10 @@ def child(config_path: str, precision: str, steps: int) -> None:
     import numpy as np
 
     from flexunet_k3.config import load_config
-    from flexunet_k3.memory import keep_freed_memory
-    from flexunet_k3.training import compile_model
+    from flexunet_k3.training import compile_model, set_up_process
 
     config = load_config(config_path)
-    if config.train.reuse_freed_memory:
-        keep_freed_memory()
-    keras.mixed_precision.set_global_policy(precision)
+    set_up_process(config, precision)
     model = compile_model(config)
     m, rng = config.model, np.random.default_rng(0)
     x = rng.random((config.train.batch_size, m.image_height, m.image_width, m.image_channels))

@@ -106,13 +106,9 @@ def measure(config: Config, case: Case) -> Row:
     import numpy as np
 
     from flexunet_k3.backend import devices
-    from flexunet_k3.memory import keep_freed_memory
-    from flexunet_k3.training import compile_model
+    from flexunet_k3.training import compile_model, set_up_process
 
-    if config.train.reuse_freed_memory:
-        keep_freed_memory()
-    keras.utils.set_random_seed(config.train.seed)
-    keras.mixed_precision.set_global_policy(case.precision)
+    set_up_process(config, case.precision)
     config = config.model_copy(deep=True)
     config.train.jit = case.jit
     model = compile_model(config)

@@ -56,15 +56,13 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     Before each item a Ctrl-C held by `flexunet_k3.interrupt.deferred()` is raised.
     """
     total = total if total is not None else len(items)  # type: ignore[arg-type]
+    items = _interruptible(items)
     if is_quiet():
-        for item in items:
-            raise_if_pressed()
-            yield item
+        yield from items
         return
     if not console.is_terminal:
         step = max(1, total // 10)
         for done, item in enumerate(items, 1):
-            raise_if_pressed()
             yield item
             if done % step == 0 or done == total:
                 print(f"{description}: {done}/{total}", flush=True)
@@ -72,6 +70,11 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     with new_progress() as progress:
         task = progress.add_task(description, total=total, info="")
         for item in items:
-            raise_if_pressed()
             yield item
             progress.advance(task)
+
+
+def _interruptible(items: Iterable[T]) -> Iterator[T]:
+    for item in items:
+        raise_if_pressed()
+        yield item

@@ -51,6 +51,14 @@ def make_optimizer(config: OptimizerConfig) -> keras.optimizers.Optimizer:
     return keras.optimizers.SGD(momentum=config.momentum, **common)
 
 
+def set_up_process(config: Config, precision: str) -> None:
+    """The allocator, seed and precision policy that training `config` runs under."""
+    if config.train.reuse_freed_memory:
+        keep_freed_memory()
+    keras.utils.set_random_seed(config.train.seed)
+    keras.mixed_precision.set_global_policy(precision)
+
+
 def compile_model(config: Config) -> keras.Model:
     """A new model compiled with the configured optimizer, loss and segmentation metrics."""
     model = build_model(config.model)
@@ -112,10 +120,7 @@ def _fit(
     valid_data = dataset_from_config(config, "valid", training=False)
     infer_paths = epoch_infer_paths(config)
 
-    if config.train.reuse_freed_memory:
-        keep_freed_memory()
-    keras.utils.set_random_seed(config.train.seed)
-    keras.mixed_precision.set_global_policy(config.train.precision)
+    set_up_process(config, config.train.precision)
     model = load_trained_model(run.last, config, compile=True) if resume else compile_model(config)
     raise_if_pressed()
     state.epochs, state.status = config.train.epochs, "running"
