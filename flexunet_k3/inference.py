@@ -63,8 +63,12 @@ def _as_configured(model, config: Config):
     precision = config.train.precision
     first = next(layer for layer in model.layers if layer.weights)
     if first.dtype_policy.name != precision:
+        previous = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy(precision)
-        rebuilt = build_model(config.model)
+        try:
+            rebuilt = build_model(config.model)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
         rebuilt.set_weights(model.get_weights())
         model = rebuilt
     if config.train.jit != "auto":  # "auto" stays Keras' choice per backend (no torch.compile)

@@ -3,11 +3,12 @@
 Ctrl-C stops at the next step or epoch boundary, saves models/last.keras and re-raises
 KeyboardInterrupt (a second Ctrl-C stops at once, keeping the last finished epoch's
 checkpoint); `resume=True` continues from it with its optimizer state, epoch count and plateau
-counters (history.json).
+counters (history.json), at a new learning rate only if the config's was changed since.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from flexunet_k3.callbacks import (
     SafeInterrupt,
     Throughput,
 )
-from flexunet_k3.config import Config, OptimizerConfig
+from flexunet_k3.config import Config, OptimizerConfig, load_config
 from flexunet_k3.data.dataset import dataset_from_config
 from flexunet_k3.data.images import list_images
 from flexunet_k3.errors import UserError
@@ -121,7 +122,11 @@ def _fit(
     infer_paths = epoch_infer_paths(config)
 
     set_up_process(config, config.train.precision)
-    model = load_trained_model(run.last, config, compile=True) if resume else compile_model(config)
+    if resume:
+        model = load_trained_model(run.last, config, compile=True)
+        _apply_changed_learning_rate(model, run, config)
+    else:
+        model = compile_model(config)
     raise_if_pressed()
     state.epochs, state.status = config.train.epochs, "running"
     write_text(run.config, config.to_yaml())
@@ -154,6 +159,25 @@ def _fit(
     finally:
         bars.close()
     return model, nan_guard.where
+
+
+def _apply_changed_learning_rate(model: keras.Model, run: RunFolder, config: Config) -> None:
+    """On --resume, use optimizer.learning_rate if the config changed it since the run's last start.
+
+    Otherwise the run goes on at the rate it reached (plateau reductions included).
+    """
+    try:
+        before = load_config(run.config).optimizer.learning_rate
+    except UserError:  # no readable config.yaml in the run: keep the saved rate
+        return
+    wanted = config.optimizer.learning_rate
+    if wanted != before:
+        reached = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        model.optimizer.learning_rate = wanted
+        warnings.warn(
+            f"optimizer.learning_rate changed from {before:g} to {wanted:g}: resuming at "
+            f"{wanted:g} instead of the {reached:g} the run had reached", stacklevel=2,
+        )
 
 
 def _finish(model, run: RunFolder, state: TrainState, nan_at: tuple[int, int] | None) -> None:

@@ -129,16 +129,14 @@ def test_model_evaluation_reports_agree(trained_run, tmp_path):
 def test_a_float32_model_predicts_under_the_configured_precision(trained_run):
     best = trained_run.parent / "run" / "models" / "best.keras"
     config = load_config(trained_run, ["train.precision=mixed_bfloat16", "train.jit=off"])
-    try:
-        model = load_trained_model(best, config)
-        policies = {layer.dtype_policy.name for layer in model.layers if layer.weights}
-        assert policies == {"mixed_bfloat16"}
-        assert model.jit_compile is False
-        images, _ = dataset_from_config(config, "test", training=False)[0]
-        bf16 = np.asarray(model.predict_on_batch(images))
-        assert bf16.dtype == np.float32  # the final softmax stays in float32
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    model = load_trained_model(best, config)
+    assert keras.mixed_precision.global_policy().name == "float32"  # the process's is left alone
+    policies = {layer.dtype_policy.name for layer in model.layers if layer.weights}
+    assert policies == {"mixed_bfloat16"}
+    assert model.jit_compile is False
+    images, _ = dataset_from_config(config, "test", training=False)[0]
+    bf16 = np.asarray(model.predict_on_batch(images))
+    assert bf16.dtype == np.float32  # the final softmax stays in float32
     as_saved = load_trained_model(best, load_config(trained_run))  # precision and jit: auto
     assert not isinstance(as_saved.jit_compile, str)  # a string would turn on torch.compile
     float32 = np.asarray(as_saved.predict_on_batch(images))

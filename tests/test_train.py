@@ -136,6 +136,25 @@ def test_ctrl_c_saves_last_and_resume_finishes_the_run(tmp_path, tiny_dataset):
     assert (run / "epoch_change_infer" / "mosaic" / "Epoch_6.png").is_file()
 
 
+def test_resume_takes_a_changed_learning_rate_and_keeps_a_reached_one(tmp_path, tiny_dataset):
+    def run_to(epochs: int, learning_rate: float) -> list[float]:
+        config = write_config(
+            tmp_path, tiny_dataset, optimizer={"learning_rate": learning_rate},
+            train={"epochs": epochs, "epoch_change_infer": False, "reducer": {"enabled": False}},
+        )
+        return train(load_config(config), resume=epochs > 1).state.history["learning_rate"]
+
+    assert run_to(1, 0.01) == [pytest.approx(0.01)]
+    last = tmp_path / "run" / "models" / "last.keras"
+    reduced = keras.saving.load_model(last)  # as if the plateau reducer had halved the rate
+    reduced.optimizer.learning_rate = 0.005
+    reduced.save(last)
+    assert run_to(2, 0.01)[1] == pytest.approx(0.005)
+    with pytest.warns(UserWarning, match="changed from 0.01 to 0.002: resuming at 0.002 instead "
+                      "of the 0.005"):
+        assert run_to(3, 0.002)[2] == pytest.approx(0.002)
+
+
 def test_ctrl_c_during_epoch_end_callbacks_lets_them_finish(tmp_path, tiny_dataset, monkeypatch):
     class CtrlCWhilePredicting(training.EpochChangeInfer):
         def on_epoch_end(self, epoch, logs=None):
