@@ -2,8 +2,8 @@
 # Download, here, the wheels the lent GPU machine lacks, into .gpu-wheels/ (git-ignored; carry
 # it to the device with the run: carry [".gpu-wheels"]). That machine's image has Python 3.12,
 # PyTorch and JAX with CUDA, numpy, scipy, matplotlib, imageio, typer, rich, pyyaml, h5py and
-# ml-dtypes, but no keras, pydantic or nibabel, no TensorFlow, and no network
-# (/work/.library/device/KINDS.md). Then run benchmarks/gpu_benchmark.sh there.
+# ml-dtypes, but no keras, pydantic or nibabel, no TensorFlow, and no network (as its image was
+# described to the sessions that wrote this). Then run benchmarks/gpu_benchmark.sh there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf .gpu-wheels

@@ -40,8 +40,8 @@ def main_options(
     backend: Annotated[
         str | None,
         typer.Option(
-            help="Keras backend: tensorflow, jax or torch [default: $KERAS_BACKEND or tensorflow]",
-            show_default=False,
+            help="Keras backend: tensorflow, jax or torch.",
+            show_default="$KERAS_BACKEND, else tensorflow",
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks.")] = False,

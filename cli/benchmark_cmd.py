@@ -71,11 +71,15 @@ def _table(rows: list[Row], title: str) -> Table:
 def benchmark(
     config: Annotated[Path, typer.Option("--config", "-c", help="A YAML run config.")],
     backends: Annotated[str, typer.Option(help="Comma-separated backends.")] = ",".join(BACKENDS),
-    precision: Annotated[str, typer.Option(help="Comma-separated: " + ", ".join(PRECISIONS))] = (
-        "float32"
-    ),
-    jit: Annotated[str, typer.Option(help="Comma-separated: " + ", ".join(JIT_MODES))] = "auto",
-    batch_size: Annotated[int | None, typer.Option(help="[default: train.batch_size]")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="Comma-separated: " + ", ".join(PRECISIONS) + ".", show_default="train.precision"
+    )] = None,
+    jit: Annotated[str | None, typer.Option(
+        help="Comma-separated: " + ", ".join(JIT_MODES) + ".", show_default="train.jit"
+    )] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        min=1, help="Images per step.", show_default="train.batch_size"
+    )] = None,
     steps: Annotated[int, typer.Option(min=1, help="Timed training steps.")] = 10,
     warmup: Annotated[int, typer.Option(min=1, help="Untimed first steps (compile).")] = 3,
     timeout: Annotated[float, typer.Option(help="Seconds allowed per run.")] = 1800,
@@ -91,8 +95,8 @@ def benchmark(
     cases = [
         Case(b, p, j, batch_size or cfg.train.batch_size, steps, warmup)
         for b in check_choices(_split(backends), BACKENDS, "--backends")
-        for p in check_choices(_split(precision), PRECISIONS, "--precision")
-        for j in check_choices(_split(jit), JIT_MODES, "--jit")
+        for p in check_choices(_split(precision or cfg.train.precision), PRECISIONS, "--precision")
+        for j in check_choices(_split(jit or cfg.train.jit), JIT_MODES, "--jit")
     ]
     rows = [
         run_case(str(config), overrides or [], case, timeout)

@@ -52,7 +52,9 @@ def schema_command() -> None:
 def import_command(
     ini: Annotated[Path, typer.Argument(help="The original tool's train_eval_infer.config.")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="YAML to write [default: INI name .yaml]")
+        Path | None, typer.Option(
+            "--output", "-o", help="YAML to write.", show_default="the INI's name, .yaml"
+        )
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ) -> None:

@@ -5,6 +5,7 @@ Keras is imported inside the commands, after the backend is fixed.
 
 from __future__ import annotations
 
+import shlex
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from flexunet_k3.errors import UserError
 from flexunet_k3.interrupt import deferred
 from flexunet_k3.run_folder import RunFolder
 
-from .state import console, errors, use_backend
+from .state import console, errors, options, use_backend
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="A YAML run config.")]
 Overrides = Annotated[
@@ -70,7 +71,7 @@ def train(
             with _warnings_as_lines():
                 result = run_training(cfg, resume=resume, overwrite=overwrite)
         except KeyboardInterrupt:
-            errors.print(_after_ctrl_c(run, config), markup=False, soft_wrap=True)
+            errors.print(_after_ctrl_c(run, config, overrides), markup=False, soft_wrap=True)
             raise
     state = result.state
     if result.model is None:
@@ -83,15 +84,18 @@ def train(
     )
 
 
-def _after_ctrl_c(run: RunFolder, config: Path) -> str:
-    """What an interrupted `flexunet train` left, and how to go on."""
+def _after_ctrl_c(run: RunFolder, config: Path, overrides: list[str] | None) -> str:
+    """What an interrupted `flexunet train` left, and how to go on (the same --set values)."""
     state = run.read_state()
     if state is None or state.status != "interrupted":
         return "interrupted before training started"
     if not run.last.is_file():
         return "interrupted in the first epoch: nothing to resume; start again with --overwrite"
-    return (f"{run.last} holds epoch {state.epoch}; continue with: "
-            f"flexunet train --config {config} --resume")
+    backend = ["--backend", options.backend] if options.backend else []
+    command = ["flexunet", *backend, "train", "--config", str(config)]
+    for text in overrides or []:
+        command += ["--set", text]
+    return f"{run.last} holds epoch {state.epoch}; continue with: {shlex.join(command)} --resume"
 
 
 def evaluate(
@@ -107,7 +111,8 @@ def evaluate(
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option(help="Folder for evaluation.* [default: run folder, PREDICTIONS/evaluation]"),
+        typer.Option(help="Folder for evaluation.*.",
+                     show_default="the run folder, or PREDICTIONS/evaluation"),
     ] = None,
 ) -> None:
     """Score models/best.keras on the test split, or existing masks against ground truth."""
@@ -147,11 +152,13 @@ def infer(
     config: ConfigOption,
     overrides: Overrides = None,
     images: Annotated[
-        Path | None, typer.Option(help="Images to segment [default: infer.images_dir, else test]")
+        Path | None, typer.Option(help="Images to segment.",
+                                  show_default="infer.images_dir, else the test split")
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option(help="Folder for the masks [default: infer.output_dir, else RUN/infer]"),
+        typer.Option(help="Folder for the masks.",
+                     show_default="infer.output_dir, else RUN/infer"),
     ] = None,
     overlay: Annotated[
         bool | None,
@@ -164,7 +171,7 @@ def infer(
         from flexunet_k3.inference import infer_folder, load_trained_model
 
         run = RunFolder(cfg.train.output_dir)
-        images_dir = images or cfg.infer.images_dir or cfg.data.split_dirs("test")[0]
+        images_dir = images or cfg.infer_images_dir()
         output_dir = output or cfg.infer.output_dir or run.infer_dir
         model = load_trained_model(run.best, cfg)
         with _warnings_as_lines():

@@ -1,8 +1,8 @@
 """Keras callbacks of `flexunet train`: NaN guard, plateau control, run records, progress.
 
 They share one `TrainState` (kept in history.json), so a resumed run continues their counters.
-Order matters in the callback list: SafeInterrupt, NanGuard, EpochSetter, Plateau,
-RunRecorder, then the rest.
+Order matters in the callback list: SafeInterrupt, NanGuard, EpochSetter, Throughput,
+Plateau, RunRecorder, then the rest.
 """
 
 from __future__ import annotations

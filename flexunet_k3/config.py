@@ -1,6 +1,7 @@
 """Typed run configuration (pydantic v2), loaded from YAML, with `section.key=value` overrides.
 
-Relative paths in a config file are relative to the folder that holds the file.
+Relative paths in a config file are relative to the folder that holds the file; those given
+with `--set` are relative to the current directory.
 """
 
 from __future__ import annotations
@@ -107,6 +108,14 @@ class OptimizerConfig(Section):
     def _one_clip(self):
         if self.clipvalue is not None and self.clipnorm is not None:
             raise ValueError("set clipvalue or clipnorm, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _options_of_this_optimizer(self):
+        if self.weight_decay is not None and self.name != "adamw":
+            raise ValueError(f"weight_decay applies only to adamw, not {self.name}")
+        if self.momentum and self.name != "sgd":
+            raise ValueError(f"momentum applies only to sgd, not {self.name}")
         return self
 
 
@@ -228,14 +237,20 @@ class Config(Section):
             )
         return self
 
-    def resolve_paths(self, base: Path) -> Config:
-        """A copy whose relative paths are made absolute against `base`."""
+    def resolve_paths(self, base: Path, from_cwd: set[str] = frozenset()) -> Config:
+        """A copy whose relative paths are made absolute against `base`, or against the
+        current directory for the `section.key` names in `from_cwd`."""
         data = self.model_dump()
-        for values in data.values():
+        for section, values in data.items():
             for key, value in values.items():
                 if isinstance(value, Path) and not value.is_absolute():
-                    values[key] = (base / value).resolve()
+                    folder = Path.cwd() if f"{section}.{key}" in from_cwd else base
+                    values[key] = (folder / value).resolve()
         return Config.model_validate(data)
+
+    def infer_images_dir(self) -> Path:
+        """infer.images_dir, else the test split's images."""
+        return self.infer.images_dir or self.data.split_dirs("test")[0]
 
     def to_yaml(self) -> str:
         """The config as YAML (paths as strings, tuples as lists)."""
@@ -314,5 +329,7 @@ def validate(data: dict, source: str) -> Config:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read, override, validate and resolve a YAML config file."""
     path = Path(path)
-    data = apply_overrides(read_yaml(path), overrides or [])
-    return validate(data, str(path)).resolve_paths(path.resolve().parent)
+    overrides = overrides or []
+    data = apply_overrides(read_yaml(path), overrides)
+    from_cwd = {".".join(parse_override(text)[0]) for text in overrides}
+    return validate(data, str(path)).resolve_paths(path.resolve().parent, from_cwd)

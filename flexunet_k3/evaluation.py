@@ -1,4 +1,4 @@
-"""Evaluation (DESIGN.md, "Metrics"): the original's evaluation.csv and honest foreground scores.
+"""Evaluation (README, "Metrics"): the original's evaluation.csv and honest foreground scores.
 
 Scores come from `flexunet_k3.scores`: per image and per case (a case is the file-name part
 before the first underscore; its slices are stacked, so pixel counts are summed over them before

@@ -1,4 +1,4 @@
-"""The run folder (DESIGN.md, "Outputs of a run"): its file names, its state, atomic writes.
+"""The run folder (README, "A run folder"): its file names, its state, atomic writes.
 
 Importing this module does not import keras.
 """

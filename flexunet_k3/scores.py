@@ -1,6 +1,6 @@
 """Segmentation scores in numpy: the reference for the Keras metrics and the code behind reports.
 
-Rules (DESIGN.md, "Metrics"): foreground classes only; an image where both ground truth and
+Rules (README, "Metrics"): foreground classes only; an image where both ground truth and
 prediction are empty for a class is counted apart (`both_empty`), not averaged in as 1.0; empty
 ground truth with a non-empty prediction scores 0. Labels are integer class maps (N, H, W) or
 one-hot (N, H, W, C); predictions are probabilities (N, H, W, C).

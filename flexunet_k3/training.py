@@ -76,7 +76,7 @@ def epoch_infer_paths(config: Config) -> list[Path]:
     """The first `num_infer_images` of infer.images_dir (else the test images), or none."""
     if not config.train.epoch_change_infer or config.train.num_infer_images == 0:
         return []
-    folder = config.infer.images_dir or config.data.split_dirs("test")[0]
+    folder = config.infer_images_dir()
     try:
         paths, _ = list_images(folder)
     except UserError as exc:

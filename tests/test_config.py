@@ -45,6 +45,15 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     )
 
 
+def test_relative_paths_given_with_set_resolve_against_the_current_folder(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    path = write(tmp_path / "configs", "data:\n  dataset: ds\ntrain:\n  output_dir: runs/a\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(path, ["train.output_dir=runs/b"])
+    assert cfg.train.output_dir == tmp_path / "runs" / "b"
+    assert cfg.data.dataset == tmp_path / "configs" / "ds"
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [
@@ -63,6 +72,8 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
             "optimizer:\n  name: rmsprop\n",
             "optimizer.name: Input should be 'adam', 'adamw' or 'sgd'",
         ),
+        ("optimizer:\n  weight_decay: 0.01\n", "weight_decay applies only to adamw, not adam"),
+        ("optimizer:\n  name: adamw\n  momentum: 0.9\n", "momentum applies only to sgd"),
         ("- a\n- b\n", "expected a mapping of sections"),
         ("model: [\n", "not valid YAML (line 2)"),
     ],

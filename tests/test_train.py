@@ -108,11 +108,11 @@ def wait_for(condition, timeout: float) -> None:
 
 
 def test_ctrl_c_saves_last_and_resume_finishes_the_run(tmp_path, tiny_dataset):
-    config = write_config(tmp_path, tiny_dataset, train={"epochs": 6, "patience": 50})
+    config = write_config(tmp_path, tiny_dataset, train={"epochs": 6})
     run = tmp_path / "run"
     process = subprocess.Popen(
-        ["flexunet", "train", "--config", str(config)], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        ["flexunet", "train", "--config", str(config), "--set", "train.patience=50"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:  # history.json appears when epoch 1 is recorded: the signal lands in epoch 2
         wait_for(lambda: (run / "history.json").is_file() or process.poll() is not None, 600)
@@ -120,13 +120,14 @@ def test_ctrl_c_saves_last_and_resume_finishes_the_run(tmp_path, tiny_dataset):
         process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 130, stderr
-    assert "--resume" in stderr and stderr.rstrip().endswith("interrupted")
+    assert f"--config {config} --set train.patience=50 --resume" in stderr
+    assert stderr.rstrip().endswith("interrupted")
     state = read_state(run)
     assert state["status"] == "interrupted" and 1 <= state["epoch"] < 6
     last = keras.saving.load_model(run / "models" / "last.keras")
     assert int(last.optimizer.iterations) > 0
 
-    done = flexunet("train", "--config", str(config), "--resume")
+    done = flexunet("train", "--config", str(config), "--set", "train.patience=50", "--resume")
     assert done.returncode == 0, done.stderr
     state = read_state(run)
     assert state["status"] == "completed" and state["epoch"] == 6

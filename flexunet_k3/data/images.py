@@ -68,7 +68,7 @@ def list_images(folder: Path, suffixes=IMAGE_SUFFIXES) -> tuple[list[Path], list
     """(sorted image files, names of other files) in `folder`; hidden files are ignored."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"{folder}: folder not found; check the path in the config")
+        raise UserError(f"{folder}: folder not found; check the path")
     paths, skipped = [], []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.is_dir():

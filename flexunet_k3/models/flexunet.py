@@ -31,7 +31,7 @@ def _conv_block(x, level: dict, config: ModelConfig, name: str):
 
 
 def build_flexunet(config: ModelConfig) -> keras.Model:
-    """The UNet of DESIGN.md, "The model"; the output is float32 under mixed precision."""
+    """The UNet of the README's "The model"; the output is float32 under mixed precision."""
     inputs = keras.Input(
         (config.image_height, config.image_width, config.image_channels), name="image"
     )
