@@ -94,18 +94,41 @@ def summary(config: ConfigOption, overrides: Overrides = None) -> None:
 
 
 def main() -> None:
-    """Console entry point: known errors print one line and exit 2."""
+    """Console entry point: bad input (a usage error, a UserError, a file that cannot be
+    written or read) prints one line and exits 2; Ctrl-C prints "interrupted" and exits 130."""
     try:
-        app()
-    except UserError as exc:
-        if options.verbose:
+        code = app(standalone_mode=False)
+    except (UserError, OSError) as exc:
+        _fail(_one_line(exc))
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    except Exception as exc:
+        if not _is_usage_error(exc):
             raise
-        errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `flexunet` (or a group) alone: help
+            console.print(exc.format_message(), markup=False, highlight=False)
+            sys.exit(2)
+        _fail(f"{exc.format_message().rstrip('.')}; see {exc.ctx.command_path} --help")
+    if code == 130:  # Ctrl-C (Typer turns it into exit code 130)
         errors.print("interrupted")
-        sys.exit(130)
-    except SystemExit as exit_:
-        if exit_.code == 130:  # Typer's own answer to a Ctrl-C inside a command, silent
-            errors.print("interrupted")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):  # a folder made where a file is
+        return f"{exc.filename}: a file is in the way of a folder to write"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """A command-line usage error of Typer's click (bad option, missing option, no such command)."""
+    return hasattr(exc, "ctx") and hasattr(exc, "format_message") and exc.exit_code == 2
+
+
+def _fail(message: str) -> None:
+    if options.verbose:
         raise
+    errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(2)

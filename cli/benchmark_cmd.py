@@ -15,6 +15,7 @@ from flexunet_k3 import progress
 from flexunet_k3.backend import BACKENDS, versions
 from flexunet_k3.benchmark import JIT_MODES, PRECISIONS, Case, Row, check_choices, run_case
 from flexunet_k3.config import load_config
+from flexunet_k3.errors import UserError
 from flexunet_k3.run_folder import write_json
 
 from .state import console
@@ -82,7 +83,7 @@ def benchmark(
     )] = None,
     steps: Annotated[int, typer.Option(min=1, help="Timed training steps.")] = 10,
     warmup: Annotated[int, typer.Option(min=1, help="Untimed first steps (compile).")] = 3,
-    timeout: Annotated[float, typer.Option(help="Seconds allowed per run.")] = 1800,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds allowed per run.")] = 1800,
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Write the rows as JSON.")
     ] = None,
@@ -92,6 +93,8 @@ def benchmark(
 ) -> None:
     """Training and inference images/s, step times, FLOPs and memory per backend/precision/jit."""
     cfg = load_config(config, overrides)
+    if json_file is not None and json_file.is_dir():
+        raise UserError(f"--json {json_file}: a folder; give a file name")
     cases = [
         Case(b, p, j, batch_size or cfg.train.batch_size, steps, warmup)
         for b in check_choices(_split(backends), BACKENDS, "--backends")

@@ -13,6 +13,7 @@ from rich.table import Table
 from flexunet_k3.config import Config, load_config, validate
 from flexunet_k3.errors import UserError
 from flexunet_k3.ini_import import import_ini
+from flexunet_k3.run_folder import write_text
 
 from .state import console, errors
 
@@ -60,6 +61,8 @@ def import_command(
 ) -> None:
     """Convert the original tool's INI config to a YAML run config; lists every unmapped key."""
     output = output or ini.with_suffix(".yaml")
+    if output.is_dir():
+        raise UserError(f"{output}: is a folder; give the YAML file to write")
     if output.exists() and not overwrite:
         raise UserError(f"{output}: already exists; pass --overwrite to replace it")
     data, unmapped = import_ini(ini, output)
@@ -68,10 +71,7 @@ def import_command(
     if unmapped:
         header += "# Not mapped:\n" + "".join(f"#   {k}: {why}\n" for k, why in unmapped)
     text = header + yaml.safe_dump(data, sort_keys=False)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(output.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(output)
+    write_text(output, text)
     if unmapped:
         table = Table("key", "not mapped because", title=f"{len(unmapped)} keys not mapped")
         for key, why in unmapped:

@@ -34,7 +34,7 @@ def msd_command(
     window: Annotated[
         str, typer.Option(help="Hounsfield window LOW,HIGH mapped to 0..255 (soft tissue).")
     ] = "-125,225",
-    size: Annotated[int, typer.Option(help="Width and height of the PNG slices.")] = 512,
+    size: Annotated[int, typer.Option(help="Width and height of the PNG slices (16..4096).")] = 512,
     keep_empty: Annotated[
         float, typer.Option(help="Share (0..1) of tumor-free slices to keep.")
     ] = 0.0,
@@ -79,8 +79,10 @@ def synthetic_command(
     output: Output,
     cases: Annotated[int, typer.Option(help="Number of phantom CT volumes.")] = 12,
     seed: Seed = 42,
-    size: Annotated[int, typer.Option(help="Width and height of each volume in voxels.")] = 256,
-    slices: Annotated[int, typer.Option(help="Axial slices per volume.")] = 48,
+    size: Annotated[
+        int, typer.Option(help="Width and height of each volume in voxels (32..1024).")
+    ] = 256,
+    slices: Annotated[int, typer.Option(help="Axial slices per volume (4..1024).")] = 48,
     overwrite: Overwrite = False,
 ) -> None:
     """Write a phantom chest CT set with lung tumors in the Decathlon Task06 layout."""

@@ -200,6 +200,8 @@ def check_choices(values: list[str], allowed: tuple[str, ...], option: str) -> l
     """Validate a comma-separated option's values; UserError naming the bad one."""
     from flexunet_k3.errors import UserError
 
+    if not values:
+        raise UserError(f"{option}: no values; choose from {', '.join(allowed)}")
     for value in values:
         if value not in allowed:
             raise UserError(f"{option}: unknown value {value!r}; choose from {', '.join(allowed)}")

@@ -22,6 +22,11 @@ from pydantic import (
 from flexunet_k3.errors import UserError
 
 PositiveInt = Annotated[int, Field(gt=0)]
+# Keras activations that suit hidden convolution layers.
+Activation = Literal[
+    "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "swish", "mish",
+    "hard_silu", "softplus", "tanh", "sigmoid", "linear",
+]
 Pair = tuple[int, int]
 
 
@@ -66,10 +71,19 @@ class ModelConfig(Section):
     # inference statistics faster, which short trainings need.
     normalization_momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
     input_normalize: bool = False
-    activation: str = "relu"
+    activation: Activation = "relu"
     final_activation: Literal["auto", "softmax", "sigmoid"] = "auto"
 
     _pairs = field_validator("base_kernels", "dilation", mode="before")(_as_pair)
+
+    @field_validator("name")
+    @classmethod
+    def _known_architecture(cls, name):
+        from flexunet_k3.models import MODELS  # imports this module: not at module level
+
+        if name not in MODELS:
+            raise ValueError(f"unknown architecture {name!r}; known: {', '.join(MODELS)}")
+        return name
 
     @field_validator("base_kernels")
     @classmethod

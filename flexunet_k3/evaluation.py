@@ -19,7 +19,7 @@ import numpy as np
 
 from flexunet_k3 import scores
 from flexunet_k3.data.images import pair_files
-from flexunet_k3.data.masks import read_mask
+from flexunet_k3.data.masks import read_mask, warn_off_color
 from flexunet_k3.data.statistics import case_of
 from flexunet_k3.errors import UserError
 from flexunet_k3.progress import track
@@ -215,9 +215,10 @@ def evaluate_folders(predictions_dir: Path, masks_dir: Path, classes) -> Report:
     colors = [spec.color for spec in classes]
     scorer = Scorer([spec.name for spec in classes])
     pairs = pair_files(predictions_dir, masks_dir)
-    for prediction_path, mask_path in track(pairs, "scoring"):
-        predicted, _ = read_mask(prediction_path, colors)
-        truth, _ = read_mask(mask_path, colors)
+    off_color = np.zeros((len(pairs), 2), np.int64)  # per pair: prediction's, ground truth's
+    for row, (prediction_path, mask_path) in enumerate(track(pairs, "scoring")):
+        predicted, off_color[row, 0] = read_mask(prediction_path, colors)
+        truth, off_color[row, 1] = read_mask(mask_path, colors)
         if predicted.shape != truth.shape:
             raise UserError(
                 f"{prediction_path}: {predicted.shape[1]}x{predicted.shape[0]} pixels but its "
@@ -226,4 +227,6 @@ def evaluate_folders(predictions_dir: Path, masks_dir: Path, classes) -> Report:
             )
         one_hot = np.eye(len(colors), dtype=np.float32)[predicted]
         scorer.add([mask_path.name], truth[None], one_hot[None])
+    for folder, counts in zip((predictions_dir, masks_dir), off_color.T, strict=True):
+        warn_off_color(folder, counts, stacklevel=2)
     return scorer.report()

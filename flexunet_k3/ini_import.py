@@ -109,14 +109,25 @@ def _relocated(path_text: str, ini_dir: Path, out_dir: Path) -> str:
     return os.path.relpath(path, out_dir.resolve())
 
 
+def _numbers(values: dict, key: str) -> list[float]:
+    """The [augmentor] list `key` (empty where absent); ValueError where not a list of numbers."""
+    value = values.get(key, [])
+    numbers = isinstance(value, list | tuple) and all(
+        isinstance(item, int | float) and not isinstance(item, bool) for item in value
+    )
+    if not numbers:
+        raise ValueError(f"{key}: expected a list of numbers, got {value!r}")
+    return [float(item) for item in value]
+
+
 def _augment(result: dict, values: dict, unmapped: list) -> None:
     """The [augmentor] section's rotation and shear (flips and shrinks map directly)."""
     rotation = values.get("rotation", True)
     if "angles" in values or rotation is False:
-        angles = values.get("angles", []) if rotation else []
-        _set(result, "augment.rotation_angles", [float(a) for a in angles])
-    if values.get("shears"):
-        _set(result, "augment.shear", float(max(abs(s) for s in values["shears"])))
+        _set(result, "augment.rotation_angles", _numbers(values, "angles") if rotation else [])
+    shears = _numbers(values, "shears")
+    if shears:
+        _set(result, "augment.shear", max(abs(s) for s in shears))
     for key in sorted(set(values) - {"hflip", "vflip", "shrinks", "rotation", "angles", "shears"}):
         unmapped.append((f"augmentor.{key}", "no counterpart in augment"))
 
@@ -124,6 +135,8 @@ def _augment(result: dict, values: dict, unmapped: list) -> None:
 def import_ini(path: Path, output: Path) -> tuple[dict, list[tuple[str, str]]]:
     """Read an original INI config: (our YAML mapping, [(section.key, why not mapped)])."""
     parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give the INI file (train_eval_infer.config)")
     try:
         with open(path, encoding="utf-8") as handle:
             parser.read_file(handle)
@@ -167,5 +180,8 @@ def import_ini(path: Path, output: Path) -> tuple[dict, list[tuple[str, str]]]:
                     unmapped.append((f"{section}.{key}", "unknown to flexunet-k3"))
             except (TypeError, ValueError, AttributeError) as exc:
                 raise UserError(f"{path}: [{section}] {key} = {raw.strip()}: {exc}") from None
-    _augment(result, augmentor, unmapped)
+    try:
+        _augment(result, augmentor, unmapped)
+    except ValueError as exc:
+        raise UserError(f"{path}: [augmentor] {exc}") from None
     return result, unmapped

@@ -12,9 +12,12 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
+
+from flexunet_k3.config import validation_message
 from flexunet_k3.errors import UserError
 
 
@@ -135,7 +138,11 @@ class RunFolder:
             raise UserError(f"{self.history}: cannot read the run state: {exc}") from None
         if not isinstance(data, dict) or "epoch" not in data:
             raise UserError(f"{self.history}: not a flexunet run state (no 'epoch' key)")
-        return TrainState(**{f.name: data[f.name] for f in fields(TrainState) if f.name in data})
+        try:
+            return TypeAdapter(TrainState).validate_python(data)
+        except ValidationError as exc:
+            raise UserError(f"{validation_message(str(self.history), exc)}: the run state is "
+                            "damaged; train again with --overwrite") from None
 
 
 @dataclass

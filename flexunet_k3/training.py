@@ -24,7 +24,7 @@ from flexunet_k3.callbacks import (
     SafeInterrupt,
     Throughput,
 )
-from flexunet_k3.config import Config, OptimizerConfig, load_config
+from flexunet_k3.config import Config, ModelConfig, OptimizerConfig, load_config
 from flexunet_k3.data.dataset import dataset_from_config
 from flexunet_k3.data.images import list_images
 from flexunet_k3.errors import UserError
@@ -122,11 +122,7 @@ def _fit(
     infer_paths = epoch_infer_paths(config)
 
     set_up_process(config, config.train.precision)
-    if resume:
-        model = load_trained_model(run.last, config, compile=True)
-        _apply_changed_learning_rate(model, run, config)
-    else:
-        model = compile_model(config)
+    model = _resume(run, config) if resume else compile_model(config)
     raise_if_pressed()
     state.epochs, state.status = config.train.epochs, "running"
     write_text(run.config, config.to_yaml())
@@ -150,6 +146,11 @@ def _fit(
             train_data, validation_data=valid_data, epochs=state.epochs,
             initial_epoch=state.epoch, callbacks=callbacks, verbose=0, shuffle=False,
         )
+    except Exception:
+        failure = train_data.failure or valid_data.failure
+        if failure is None:
+            raise
+        raise failure from None  # a bad file, however the backend wrapped it
     except KeyboardInterrupt as stop:
         state.status = "interrupted"
         if isinstance(stop, Interrupted):  # raised at a step or epoch boundary: weights whole
@@ -161,23 +162,32 @@ def _fit(
     return model, nan_guard.where
 
 
-def _apply_changed_learning_rate(model: keras.Model, run: RunFolder, config: Config) -> None:
-    """On --resume, use optimizer.learning_rate if the config changed it since the run's last start.
-
-    Otherwise the run goes on at the rate it reached (plateau reductions included).
-    """
+def _resume(run: RunFolder, config: Config) -> keras.Model:
+    """models/last.keras to go on training; refused if the config's model section changed since
+    the run started. A learning rate changed in the config replaces the one the run reached."""
     try:
-        before = load_config(run.config).optimizer.learning_rate
-    except UserError:  # no readable config.yaml in the run: keep the saved rate
-        return
+        before = load_config(run.config)
+    except UserError:  # no readable config.yaml: the model's shapes are still checked on load
+        before = None
+    if before is not None and before.model != config.model:
+        changed = [f"model.{key}" for key in ModelConfig.model_fields
+                   if getattr(before.model, key) != getattr(config.model, key)]
+        raise UserError(
+            f"{run.root}: the run was started with another {', '.join(changed)}; --resume goes on "
+            "with the saved model: set them back, or train anew with --overwrite or in another "
+            "train.output_dir"
+        )
+    model = load_trained_model(run.last, config, compile=True)
     wanted = config.optimizer.learning_rate
-    if wanted != before:
+    if before is not None and wanted != before.optimizer.learning_rate:
         reached = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         model.optimizer.learning_rate = wanted
         warnings.warn(
-            f"optimizer.learning_rate changed from {before:g} to {wanted:g}: resuming at "
-            f"{wanted:g} instead of the {reached:g} the run had reached", stacklevel=2,
+            f"optimizer.learning_rate changed from {before.optimizer.learning_rate:g} to "
+            f"{wanted:g}: resuming at {wanted:g} instead of the {reached:g} the run had reached",
+            stacklevel=2,
         )
+    return model
 
 
 def _finish(model, run: RunFolder, state: TrainState, nan_at: tuple[int, int] | None) -> None:

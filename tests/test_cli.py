@@ -104,6 +104,25 @@ def test_summary_with_bad_override_exits_2():
     assert_one_line_error(done, "model.num_layers")
 
 
+def test_usage_errors_are_one_line_naming_the_help_to_read(tmp_path):
+    assert_one_line_error(flexunet("trian"), "No such command 'trian'", "flexunet --help")
+    assert_one_line_error(flexunet("train"), "Missing option '--config'", "flexunet train --help")
+    assert_one_line_error(
+        flexunet("prepare", "synthetic", "-o", str(tmp_path), "--cases", "many"), "'--cases'"
+    )
+    alone = flexunet("prepare")  # a command group alone shows its help
+    assert alone.returncode == 2 and "synthetic" in alone.stdout and not alone.stderr
+
+
+def test_a_file_in_the_way_of_an_output_folder_is_one_line(tmp_path):
+    ini, blocker = tmp_path / "lung.config", tmp_path / "file"
+    ini.write_text("[model]\nimage_width = 64\nimage_height = 64\nnum_layers = 4\n")
+    blocker.write_text("mine")
+    done = flexunet("config", "import", str(ini), "-o", str(blocker / "lung.yaml"))
+    assert_one_line_error(done, f"{blocker}", "a file is in the way")
+    assert blocker.read_text() == "mine"
+
+
 def test_config_show_applies_overrides():
     done = flexunet(
         "config", "show", str(REPO / "configs" / "lung.yaml"), "--set", "train.epochs=7"

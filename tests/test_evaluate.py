@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import warnings
 from pathlib import Path
 
 import keras
@@ -69,6 +70,24 @@ def test_scores_of_mask_files_match_numpy(tmp_path):
     assert summary["dice_coef_multiclass"] == pytest.approx(np.mean(original))
     assert (out / "evaluation.csv").read_text().startswith("dice_coef_multiclass,")
     assert summary["loss"] is None
+
+
+def test_class_id_masks_are_warned_about_not_scored_silently(tmp_path):
+    for folder, scale in (("truth", 255), ("predicted", 1)):  # predicted: 0/1 class ids
+        (tmp_path / folder).mkdir()
+        for name, (truth, _) in SLICES.items():
+            Image.fromarray(truth.astype(np.uint8) * scale).save(tmp_path / folder / name)
+    done = flexunet("evaluate", "--predictions", str(tmp_path / "predicted"),
+                    "--masks", str(tmp_path / "truth"))
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    pixels = sum(int(truth.sum()) for truth, _ in SLICES.values())
+    masks = sum(truth.any() for truth, _ in SLICES.values())
+    assert len(warned) == 1, done.stderr
+    assert f"{tmp_path / 'predicted'}: {pixels} pixels in {masks} masks are not" in warned[0]
+    with warnings.catch_warnings():  # class colors: no warning
+        warnings.simplefilter("error")
+        evaluate_folders(tmp_path / "truth", tmp_path / "truth", Config().data.classes)
 
 
 def test_real_ct_masks_against_themselves_score_1():

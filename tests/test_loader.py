@@ -279,6 +279,19 @@ def test_caches_give_the_same_batches_as_no_cache(tmp_path, cache):
         assert np.array_equal(reused[0][0], make_dataset(root)[0][0])
 
 
+def test_a_bad_file_leaves_no_partial_disk_cache_and_is_kept_as_the_failure(tmp_path):
+    root = write_split(tmp_path, count=3)
+    broken = sorted((root / "images").iterdir())[-1]
+    broken.write_bytes(b"not an image")
+    with pytest.raises(UserError, match=broken.name):
+        make_dataset(root, cache="disk", cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+    streaming = make_dataset(root, batch_size=3)
+    with pytest.raises(UserError, match=broken.name) as info:
+        streaming[0]
+    assert streaming.failure is info.value
+
+
 def test_off_color_pixels_are_warned_once_with_the_total(tmp_path):
     root = write_split(tmp_path, count=3)
     for index in range(2):

@@ -57,6 +57,9 @@ def test_output_shape_and_activation(normalization, num_classes):
     assert momenta == ({0.9} if normalization else set())
 
 
-def test_unknown_architecture_is_refused():
-    with pytest.raises(UserError, match="model.name: unknown architecture 'resnet'"):
-        build_model(ModelConfig(name="resnet"))
+def test_unknown_architecture_and_activation_are_refused(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("model:\n  name: resnet\n  activation: bogus\n")
+    with pytest.raises(UserError, match="model.name: unknown architecture 'resnet'; known: "
+                       "flexunet; model.activation: Input should be 'relu'"):
+        load_config(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,13 @@ from typer.testing import CliRunner
 
 from flexunet_k3.cli.app import app
 from flexunet_k3.data.msd import prepare_msd, split_cases
-from flexunet_k3.data.statistics import MINI_TEST, SPLITS, case_of, dataset_statistics
+from flexunet_k3.data.statistics import (
+    MINI_TEST,
+    SPLITS,
+    case_of,
+    dataset_statistics,
+    update_statistics,
+)
 from flexunet_k3.data.synthetic import write_synthetic_dataset
 from flexunet_k3.errors import UserError
 
@@ -201,6 +208,60 @@ def test_shape_mismatch_skipped_with_warning_or_strict_error(small_task, tmp_pat
     assert not (tmp_path / "strict").exists()
 
 
+def test_degenerate_affine_skipped_with_warning_or_strict_error(small_task, tmp_path):
+    task = shutil.copytree(small_task, tmp_path / "task")
+    path = task / "labelsTr" / "lung_002.nii.gz"
+    label = nib.load(path)
+    flat = nib.Nifti1Image(np.asarray(label.dataobj), label.affine)
+    flat.set_sform(np.diag([1.0, 1.0, 0.0, 1.0]), code=2)  # no axial axis
+    flat.set_qform(None, code=0)
+    nib.save(flat, path)
+    with pytest.warns(UserWarning, match=r"lung_002\.nii\.gz has a degenerate affine"):
+        stats = prepare_small(task, tmp_path / "out")
+    assert list(stats["skipped_cases"]) == ["002"]
+    with pytest.raises(UserError, match=r"case 002: .*lung_002\.nii\.gz has a degenerate affine"):
+        prepare_small(task, tmp_path / "strict", strict=True)
+    assert not (tmp_path / "strict").exists()
+
+
+def test_source_not_a_tar_one_line(tmp_path):
+    source = tmp_path / "Task06_Lung.tar"
+    source.write_bytes(b"not a tar archive\n" * 100)
+    with pytest.raises(UserError, match="not a readable tar archive") as error:
+        prepare_small(source, tmp_path / "out")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("size", "slices"), [(1025, 4), (32, 1025)])
+def test_synthetic_too_large_refused_before_writing(tmp_path, size, slices):
+    with pytest.raises(UserError, match=f"size={size}, slices={slices}.*1024"):
+        write_synthetic_dataset(tmp_path / "out", cases=1, size=size, slices=slices)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "output", "in_the_way"),
+    [
+        ("synthetic", "file/sub", "file"),
+        ("synthetic", "out", "out/imagesTr"),
+        ("msd", "file/sub", "file"),
+        ("msd", "out", "out/valid"),
+        ("msd", "out", "out/test/masks"),
+    ],
+)
+def test_file_in_the_way_of_output_refused(small_task, tmp_path, command, output, in_the_way):
+    (tmp_path / in_the_way).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / in_the_way).write_text("mine")
+    before = sorted(tmp_path.rglob("*"))
+    message = f"^{re.escape(str(tmp_path / in_the_way))}: is a file, not a folder"
+    with pytest.raises(UserError, match=message):
+        if command == "synthetic":
+            write_synthetic_dataset(tmp_path / output, cases=1, size=32, slices=4)
+        else:
+            prepare_small(small_task, tmp_path / output, overwrite=True)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_existing_dataset_refused_unless_overwrite(small_task, tmp_path):
     out = tmp_path / "out"
     prepare_small(small_task, out)
@@ -242,6 +303,13 @@ def test_bad_settings(small_task, tmp_path):
         prepare_msd(small_task, tmp_path / "out", window=(200, -100))
     with pytest.raises(UserError, match="split"):
         prepare_msd(small_task, tmp_path / "out", split=(0.5, 0.2, 0.2))
+
+
+def test_stats_refuses_statistics_json_that_is_not_an_object(tmp_path):
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    (tmp_path / "statistics.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match=r"statistics\.json: unreadable \(a JSON list"):
+        update_statistics(tmp_path)
 
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path):

@@ -1,6 +1,7 @@
 """`flexunet train`: the run folder, seeds, refusal and --overwrite, Ctrl-C and --resume, NaN."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import keras
 import pytest
-from conftest import assert_one_line_error, flexunet, write_config
+from conftest import TINY, assert_one_line_error, flexunet, write_config
 
 from flexunet_k3 import training
 from flexunet_k3.callbacks import RunRecorder
@@ -64,6 +65,16 @@ def test_steps_per_epoch_below_the_data_runs_every_epoch(tmp_path, tiny_dataset,
     state = train(load_config(write_config(tmp_path, tiny_dataset, train=train_section))).state
     assert state.status == "completed" and len(state.history["loss"]) == 3
     assert not [w for w in recwarn if "ran out of data" in str(w.message)]
+
+
+def test_a_bad_image_read_during_training_is_one_user_error(tmp_path, tiny_dataset):
+    dataset = tmp_path / "dataset"
+    shutil.copytree(tiny_dataset, dataset)
+    broken = sorted((dataset / "train" / "images").iterdir())[-1]
+    broken.write_bytes(b"not an image")
+    config = write_config(tmp_path, dataset, train={"epochs": 1, "epoch_change_infer": False})
+    with pytest.raises(UserError, match=f"{broken}: cannot read image"):
+        train(load_config(config))  # under TensorFlow, raised inside tf.data and wrapped
 
 
 REFAULTS = """
@@ -154,6 +165,11 @@ def test_resume_takes_a_changed_learning_rate_and_keeps_a_reached_one(tmp_path, 
     with pytest.warns(UserWarning, match="changed from 0.01 to 0.002: resuming at 0.002 instead "
                       "of the 0.005"):
         assert run_to(3, 0.002)[2] == pytest.approx(0.002)
+
+    wider = write_config(tmp_path, tiny_dataset, model={**TINY["model"], "base_filters": 8},
+                         train={"epochs": 4})
+    with pytest.raises(UserError, match="started with another model.base_filters; --resume"):
+        train(load_config(wider), resume=True)
 
 
 def test_ctrl_c_during_epoch_end_callbacks_lets_them_finish(tmp_path, tiny_dataset, monkeypatch):

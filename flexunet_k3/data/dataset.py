@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +17,8 @@ import numpy as np
 from flexunet_k3.config import Config
 from flexunet_k3.data.augment import Augmenter
 from flexunet_k3.data.images import pair_files, read_image, resize_image, resize_labels
-from flexunet_k3.data.masks import read_mask
+from flexunet_k3.data.masks import read_mask, warn_off_color
+from flexunet_k3.errors import UserError
 from flexunet_k3.progress import track
 
 Size = tuple[int, int]
@@ -78,6 +78,9 @@ class SegmentationDataset(keras.utils.PyDataset):
         self._off_color = np.full(len(self.pairs), -1, np.int64)  # -1: not read yet
         self._warn_once = threading.Lock()  # acquired by the one warning, never released
         self._images = self._labels = None
+        # The bad-input error of a batch read inside the backend's data pipeline, which may
+        # wrap it (TensorFlow turns it into a long graph execution error); see `failure`.
+        self.failure: UserError | None = None
         # Batches per epoch when fewer than all (train.steps_per_epoch): each epoch then takes
         # the first ones of its own shuffled order, rather than Keras running out of batches.
         self.max_batches: int | None = None
@@ -95,6 +98,13 @@ class SegmentationDataset(keras.utils.PyDataset):
         return batches if self.max_batches is None else min(batches, self.max_batches)
 
     def __getitem__(self, index: int):
+        try:
+            return self._batch(index)
+        except UserError as exc:
+            self.failure = exc
+            raise
+
+    def _batch(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of {len(self)}")
         samples = self.order[index * self.batch_size : (index + 1) * self.batch_size]
@@ -179,7 +189,13 @@ class SegmentationDataset(keras.utils.PyDataset):
             np.lib.format.open_memmap(path, "w+", np.uint8, shape)
             for path, shape in zip(partial, self._shapes(), strict=True)
         )
-        self._fill_cache(workers)
+        try:
+            self._fill_cache(workers)
+        except BaseException:  # a bad file or Ctrl-C: no partial cache files left behind
+            self._images = self._labels = None
+            for path in partial:
+                path.unlink(missing_ok=True)
+            raise
         for array, source, target in zip((self._images, self._labels), partial, names, strict=True):
             array.flush()
             os.replace(source, target)
@@ -189,14 +205,7 @@ class SegmentationDataset(keras.utils.PyDataset):
         """Warn once, when every mask has been read, if any pixel was not a class color."""
         if (self._off_color < 0).any() or not self._warn_once.acquire(blocking=False):
             return
-        total = self.off_color_pixels
-        if total:
-            masks = int((self._off_color > 0).sum())
-            warnings.warn(
-                f"{self.pairs[0][1].parent}: {total} pixels in {masks} masks are not exactly a "
-                "class color and were mapped to the nearest class; check data.classes",
-                stacklevel=2,
-            )
+        warn_off_color(self.pairs[0][1].parent, self._off_color, stacklevel=2)
 
 
 def dataset_from_config(

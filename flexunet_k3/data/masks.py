@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,6 +72,18 @@ def read_mask(path: Path, colors: Sequence[Color]) -> tuple[np.ndarray, int]:
     if path.suffix.lower() == ".npz":
         return _read_npz(path, len(colors)), 0
     return colors_to_labels(np.asarray(open_image(path)), colors)
+
+
+def warn_off_color(folder: Path, per_mask: np.ndarray, stacklevel: int) -> None:
+    """Warn if some masks in `folder` had pixels that are not exactly a class color
+    (`per_mask`: each mask's count, as `read_mask` returns it)."""
+    if per_mask.any():
+        warnings.warn(
+            f"{folder}: {per_mask.sum()} pixels in {np.count_nonzero(per_mask)} masks are not "
+            "exactly a class color and were mapped to the nearest class; check data.classes "
+            "(masks hold class colors, not class ids)",
+            stacklevel=stacklevel + 1,
+        )
 
 
 def labels_to_palette_image(labels: np.ndarray, colors: Sequence[Color]) -> Image.Image:

@@ -70,7 +70,9 @@ class Source:
             with tarfile.open(self.path) as tar:
                 return tar.extractfile(self.root + name).read()
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise UserError(f"{self.where(name)}: unreadable ({exc}); download it again") from None
+            raise UserError(
+                f"{self.where(name)}: unreadable ({_first_line(exc)}); download it again"
+            ) from None
 
     def where(self, name: str) -> str:
         """`name` as a user finds it: a path, or `archive.tar:member`."""
@@ -122,10 +124,10 @@ def prepare_msd(
     (images bilinear, masks nearest, masks 0/255), tumor-free slices dropped (`keep_empty`
     keeps that seeded share of them), cases split 70/15/15 by patient with `seed` (each split
     gets a case when there are 3 or more), 10 test slices copied to mini_test, `workers` =
-    min(4, CPUs) processes. A case whose image and label shapes differ is skipped with a
-    warning, or stops the run when `strict`. An output that holds a dataset is refused unless
-    `overwrite`, which replaces only the files and folders this writes. Returns the statistics
-    written to statistics.json.
+    min(4, CPUs) processes. A case whose image and label shapes differ, or with a degenerate
+    affine, is skipped with a warning, or stops the run when `strict`. An output that holds a
+    dataset is refused unless `overwrite`, which replaces only the files and folders this
+    writes. Returns the statistics written to statistics.json.
     """
     settings = _check_settings(window, size, keep_empty, split, mini_test, workers)
     window = tuple(settings["window"])
@@ -215,12 +217,20 @@ def to_display(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
     Rows run from the patient's anterior to posterior, columns from the patient's right to
     left (nibabel orientation codes P, L); the axial axis keeps the file's direction, so slice
-    indices are the file's.
+    indices are the file's. The affine must pass `has_patient_axes`.
     """
     current = orientations.io_orientation(affine)
     axial = int(np.flatnonzero(current[:, 0] == 2)[0])
     target = np.array([[1, -1], [0, -1], [2, current[axial, 1]]])
     return orientations.apply_orientation(volume, orientations.ornt_transform(current, target))
+
+
+def has_patient_axes(affine: np.ndarray) -> bool:
+    """Whether each voxel axis points along its own patient axis (no direction zero,
+    non-finite or shared with another axis), as `to_display` needs."""
+    if not np.isfinite(affine).all():
+        return False
+    return not np.isnan(orientations.io_orientation(affine)).any()
 
 
 def split_cases(cases: Sequence[str], fractions: Sequence[float], seed: int) -> dict:
@@ -253,6 +263,13 @@ def convert_case(job: CaseJob) -> CaseResult:
             problem=f"case {job.case}: image {job.source.where(job.image)} has shape "
             f"{image.shape} but its label has {label.shape}",
         )
+    for name, affine in ((job.image, image_affine), (job.label, label_affine)):
+        if not has_patient_axes(affine):
+            return CaseResult(
+                job.case,
+                problem=f"case {job.case}: {job.source.where(name)} has a degenerate affine "
+                "(its voxel axes do not point along three distinct patient axes)",
+            )
     image = to_display(image, image_affine)
     mask = to_display(label, label_affine) > 0
     tumor = mask.any(axis=(0, 1))
@@ -300,9 +317,21 @@ def _check_settings(window, size, keep_empty, split, mini_test, workers) -> dict
     }
 
 
+def check_output_folder(output: Path, folders: Sequence[str] = ()) -> None:
+    """Refuse, before any work, an output that is a file or lies under one, or that holds a
+    file where one of `folders` (paths relative to it) goes."""
+    for folder in (output, *(output / name for name in folders)):
+        for path in (folder, *folder.parents):
+            if path.exists() and not path.is_dir():
+                raise UserError(
+                    f"{path}: is a file, not a folder; choose another output or move the file"
+                )
+
+
 def _check_output(output: Path, overwrite: bool) -> None:
-    if output.exists() and not output.is_dir():
-        raise UserError(f"{output}: is a file; give a folder for the dataset")
+    check_output_folder(
+        output, [f"{name}/{kind}" for name in (*SPLITS, MINI_TEST) for kind in ("images", "masks")]
+    )
     found = [name for name in (*SPLITS, MINI_TEST, *STATISTICS_FILES) if (output / name).exists()]
     if found and not overwrite:
         raise UserError(
@@ -392,8 +421,8 @@ def _tar_members(path: Path) -> frozenset[str]:
             names = tar.getnames()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise UserError(
-            f"{path}: not a readable tar archive ({exc}); it may be truncated or corrupt: "
-            "download it again, or give the extracted folder"
+            f"{path}: not a readable tar archive ({_first_line(exc)}); it may be truncated or "
+            "corrupt: download it again, or give the extracted folder"
         ) from None
     return frozenset(n for n in names if not posixpath.basename(n).startswith("._"))
 
@@ -444,3 +473,8 @@ def _resized(plane: np.ndarray, size: int, resample: Image.Resampling) -> Image.
     if resized.dtype != np.uint8:
         resized = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
     return Image.fromarray(resized)
+
+
+def _first_line(exc: Exception) -> str:
+    """An error's text cut to its first line (tarfile's lists each method it tried)."""
+    return str(exc).splitlines()[0].rstrip(":") if str(exc) else type(exc).__name__

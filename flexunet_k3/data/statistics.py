@@ -95,7 +95,9 @@ def update_statistics(folder: Path) -> dict:
     folder = Path(folder)
     previous = folder / "statistics.json"
     try:
-        stats = json.loads(previous.read_text()) if previous.is_file() else {}
+        stats = json.loads(previous.read_text()) if previous.exists() else {}
+        if not isinstance(stats, dict):
+            raise ValueError(f"a JSON {type(stats).__name__}, not an object")
     except (OSError, ValueError) as exc:
         raise UserError(f"{previous}: unreadable ({exc}); delete it and run again") from None
     stats.update(dataset_statistics(folder))

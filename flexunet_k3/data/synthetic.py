@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from ..errors import UserError
 from ..progress import track
+from .msd import check_output_folder
 
 HU = {
     "air": -1000.0,
@@ -58,16 +59,16 @@ def write_synthetic_dataset(
     generator seeded with (seed, case index): the same seed gives the same bytes, and adding
     cases leaves the earlier ones unchanged. About 95% of cases hold 1 to 3 tumors, the rest
     none, so every train/valid/test split gets tumor slices. The field of view is 300-360 mm
-    (1.2-1.4 mm pixels at size 256) and slices are 2-3 mm thick.
+    (1.2-1.4 mm pixels at size 256) and slices are 2-3 mm thick. Size is 32 to 1024 and slices
+    4 to 1024, checked before anything is written (size 1024 with 48 slices takes about 2 GB).
     """
     output = Path(output)
-    if cases < 1 or size < 32 or slices < 4:
+    if cases < 1 or not 32 <= size <= 1024 or not 4 <= slices <= 1024:
         raise UserError(
             f"synthetic: got cases={cases}, size={size}, slices={slices}; "
-            "need cases >= 1, size >= 32 and slices >= 4"
+            "need cases >= 1, size 32 to 1024 and slices 4 to 1024"
         )
-    if output.is_file():
-        raise UserError(f"{output}: is a file; give a folder for the synthetic dataset")
+    check_output_folder(output, ("imagesTr", "labelsTr"))
     if (output / "dataset.json").exists() and not overwrite:
         raise UserError(
             f"{output}: already holds a dataset (dataset.json); "
