@@ -132,5 +132,5 @@ def _print_statistics(stats: dict, folder: Path) -> None:
     console.print(table)
     if "tumor_free_slices_dropped" in stats:
         console.print(f"tumor-free slices dropped: {stats['tumor_free_slices_dropped']}")
-    for case, problem in stats.get("skipped_cases", {}).items():
-        console.print(f"skipped case {case}: {problem}", markup=False)
+    for problem in stats.get("skipped_cases", {}).values():
+        console.print(f"skipped: {problem}", markup=False)
