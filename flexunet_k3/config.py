@@ -6,7 +6,7 @@ with `--set` are relative to the current directory.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -272,17 +272,21 @@ class Config(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _format_error(error: dict) -> str:
+def _format_error(error: dict, overridden: Collection[str]) -> str:
     where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if any(where == key or where.startswith(key + ".") for key in overridden):
+        where = f"--set {where}"
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown key"
     message = error["msg"].removeprefix("Value error, ")
     return f"{where}: {message}"
 
 
-def validation_message(source: str, error: ValidationError) -> str:
-    """One line naming the file and every offending key."""
-    return f"{source}: " + "; ".join(_format_error(e) for e in error.errors())
+def validation_message(
+    source: str, error: ValidationError, overridden: Collection[str] = ()
+) -> str:
+    """One line naming the file and every offending key (`--set key` for `overridden` ones)."""
+    return f"{source}: " + "; ".join(_format_error(e, overridden) for e in error.errors())
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -350,12 +354,12 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def validate(data: dict, source: str) -> Config:
+def validate(data: dict, source: str, overridden: Collection[str] = ()) -> Config:
     """A Config from a raw mapping, or a UserError naming `source` and the keys."""
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise UserError(validation_message(source, exc)) from None
+        raise UserError(validation_message(source, exc, overridden)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -363,5 +367,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(path)
     overrides = overrides or []
     data = apply_overrides(read_yaml(path), overrides)
-    from_cwd = {".".join(parse_override(text)[0]) for text in overrides}
-    return validate(data, str(path)).resolve_paths(path.resolve().parent, from_cwd)
+    overridden = {".".join(parse_override(text)[0]) for text in overrides}
+    config = validate(data, str(path), overridden)
+    return config.resolve_paths(path.resolve().parent, from_cwd=overridden)

@@ -99,8 +99,10 @@ def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
         path, ["train.epochs=3", "model.base_kernels=[5, 3]", "train.reducer.factor=0.5"]
     )
     assert (cfg.train.epochs, cfg.model.base_kernels, cfg.train.reducer.factor) == (3, (5, 3), 0.5)
-    with pytest.raises(UserError, match="train.nope: unknown key"):
+    with pytest.raises(UserError, match="--set train.nope: unknown key"):
         load_config(path, ["train.nope=1"])
+    with pytest.raises(UserError, match="--set train.reducer.factor: Input should be less than 1"):
+        load_config(path, ["train.reducer.factor=2"])
     with pytest.raises(UserError, match="expected section.key=value"):
         load_config(path, ["train.epochs"])
     # YAML reads a bare on/off as a boolean; train.jit takes it as the word.
