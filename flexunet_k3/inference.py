@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,18 +183,29 @@ def infer_folder(
     """Masks for every image in `images_dir` (other files are skipped and named in the result).
 
     Overlays go to `output_dir/overlays/`, their mosaic to `output_dir/mosaic/mosaic.png`
-    (subfolders, so the output folder holds only masks and can be scored as it is).
+    (subfolders, so the output folder holds only masks and can be scored as it is). Files are
+    written beside `output_dir` first and moved in once all are done: an unreadable image or a
+    Ctrl-C leaves `output_dir` as it was.
     """
     paths, skipped = list_images(images_dir)
     if output_dir.resolve() == images_dir.resolve():
         raise UserError(f"{output_dir}: is the input folder; choose another --output")
     _check_unique_stems(paths)
-    write_predictions(
-        model, paths, config, output_dir,
-        overlays_dir=output_dir / "overlays" if with_overlays else None,
-        mosaic_path=output_dir / "mosaic" / "mosaic.png" if with_overlays else None,
-        description="inferring",
-    )
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        write_predictions(
+            model, paths, config, staging,
+            overlays_dir=staging / "overlays" if with_overlays else None,
+            mosaic_path=staging / "mosaic" / "mosaic.png" if with_overlays else None,
+            description="inferring",
+        )
+        for written in sorted(path for path in staging.rglob("*") if path.is_file()):
+            target = output_dir / written.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(written, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return InferResult(len(paths), skipped, output_dir)
 
 

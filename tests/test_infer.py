@@ -47,3 +47,12 @@ def test_bad_inputs_exit_2_with_one_line(trained_run, tmp_path):
                  "--output", str(images)),
         "is the input folder",
     )
+    (images / "z.png").write_bytes(b"not a png")  # sorts after a.png, read in a later batch
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "a.png").write_text("an earlier mask")
+    done = flexunet("infer", "--config", str(trained_run), "--images", str(images),
+                    "--output", str(output), "--set", "infer.batch_size=1")
+    assert_one_line_error(done, "z.png", "cannot read image")
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
+    assert (output / "a.png").read_text() == "an earlier mask"  # untouched
