@@ -1,6 +1,5 @@
-"""Config loading, validation messages, overrides, schema and the INI importer (no keras)."""
+"""Config loading, validation messages, overrides and schema (no keras)."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -8,7 +7,6 @@ import yaml
 
 from flexunet_k3.config import Config, ModelConfig, load_config
 from flexunet_k3.errors import UserError
-from flexunet_k3.ini_import import import_ini
 
 REPO = Path(__file__).resolve().parents[1]
 LUNG = REPO / "configs" / "lung.yaml"
@@ -119,77 +117,3 @@ def test_resolved_yaml_round_trips(tmp_path):
 def test_schema_lists_sections():
     schema = Config.model_json_schema()
     assert {"model", "optimizer", "data", "augment", "train", "infer"} <= set(schema["properties"])
-
-
-OTHER_PROJECT_INI = """\
-; a 4-class project of the original tool, with augmentation
-[model]
-model          = "TensorFlowFlexUNet"
-generator      = True
-image_width    = 256
-image_height   = 256
-image_channels = 3
-input_normalize = True
-normalization  = True
-num_classes    = 4
-base_filters   = 32
-base_kernels   = (7,7)
-num_layers     = 6
-dropout_rate   = 0.05
-dilation       = (2,2)
-optimizer      = "AdamW"
-learning_rate  = 0.0001
-clipnorm       = 1.0
-loss           = "categorical_crossentropy"
-
-[train]
-epochs        = 50
-batch_size    = 4
-images_dir    = "./dataset/train/images/"
-masks_dir     = "./dataset/train/masks/"
-steps_per_epoch = 200
-
-[augmentor]
-vflip    = True
-hflip    = True
-rotation = True
-angles   = [90, 180, 270]
-shrinks  = [0.8]
-shears   = [0.1, -0.1]
-distortion = True
-
-[mask]
-rgb_map = {(0,0,0):0, (255,0,0):1, (0,255,0):2, (0,0,255):3}
-"""
-
-
-def test_import_of_another_project_maps_values_and_lists_the_rest(tmp_path):
-    ini = write(tmp_path, OTHER_PROJECT_INI, "train_eval_infer.config")
-    data, unmapped = import_ini(ini, tmp_path / "out" / "run.yaml")
-    cfg = Config.model_validate(data)
-    assert (cfg.model.num_classes, cfg.model.base_kernels, cfg.model.dilation) == (
-        4,
-        (7, 7),
-        (2, 2),
-    )
-    assert cfg.model.input_normalize and cfg.model.normalization and cfg.augment.enabled
-    assert (cfg.optimizer.name, cfg.optimizer.clipnorm) == ("adamw", 1.0)
-    assert cfg.augment.rotation_angles == [90.0, 180.0, 270.0] and cfg.augment.shear == 0.1
-    assert [c.color for c in cfg.data.classes][1] == (255, 0, 0)
-    assert data["data"]["train_images"] == "../dataset/train/images"
-    keys = dict(unmapped)
-    assert {"model.model", "train.steps_per_epoch", "augmentor.distortion"} <= set(keys)
-
-
-def test_import_refuses_non_ini(tmp_path):
-    with pytest.raises(UserError, match="not an INI config"):
-        import_ini(write(tmp_path, "just text\n", "x.config"), tmp_path / "x.yaml")
-
-
-@pytest.mark.skipif(
-    not os.environ.get("FLEXUNET_ORIGINAL_CONFIG"),
-    reason="FLEXUNET_ORIGINAL_CONFIG (the original's lung INI) is not set",
-)
-def test_import_of_the_original_lung_config(tmp_path):
-    data, _ = import_ini(Path(os.environ["FLEXUNET_ORIGINAL_CONFIG"]), tmp_path / "lung.yaml")
-    assert Config.model_validate(data).model == load_config(LUNG).model
