@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from flexunet_k3.data.images import list_images, read_image, resize_image, resiz
 from flexunet_k3.data.masks import labels_to_palette_image
 from flexunet_k3.errors import UserError
 from flexunet_k3.progress import track
+from flexunet_k3.run_folder import staged
 
 JIT = {"auto": "auto", "on": True, "off": False}  # train.jit -> keras' jit_compile
 OVERLAY_ALPHA = 0.45
@@ -191,21 +189,13 @@ def infer_folder(
     if output_dir.resolve() == images_dir.resolve():
         raise UserError(f"{output_dir}: is the input folder; choose another --output")
     _check_unique_stems(paths)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with staged(output_dir) as staging:
         write_predictions(
             model, paths, config, staging,
             overlays_dir=staging / "overlays" if with_overlays else None,
             mosaic_path=staging / "mosaic" / "mosaic.png" if with_overlays else None,
             description="inferring",
         )
-        for written in sorted(path for path in staging.rglob("*") if path.is_file()):
-            target = output_dir / written.relative_to(staging)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(written, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return InferResult(len(paths), skipped, output_dir)
 
 

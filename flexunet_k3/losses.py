@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from flexunet_k3.errors import UserError
-from flexunet_k3.metrics import PACKAGE, one_hot, true_labels
+from flexunet_k3.metrics import PACKAGE, one_hot, probabilities, true_labels
 
 EPSILON = 1e-7
 
@@ -18,7 +18,7 @@ def categorical_crossentropy(y_true, y_pred):
     The probability of the true class is gathered rather than multiplied by a one-hot map:
     less memory, and Keras' sparse cross-entropy fails in backward on the torch backend.
     """
-    y_pred = ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0 - EPSILON)
+    y_pred = ops.clip(probabilities(y_pred), EPSILON, 1.0 - EPSILON)
     num_classes = y_pred.shape[-1]
     if num_classes == 1:
         truth = one_hot(y_true, 1)[..., 0]
@@ -31,7 +31,7 @@ def categorical_crossentropy(y_true, y_pred):
 @keras.saving.register_keras_serializable(package=PACKAGE)
 def soft_dice_loss(y_true, y_pred, smooth=1e-5):
     """1 - mean over foreground classes of the soft Dice over the whole batch (nnU-Net style)."""
-    y_pred = ops.cast(y_pred, "float32")
+    y_pred = probabilities(y_pred)
     num_classes = y_pred.shape[-1]
     truth = one_hot(y_true, num_classes)
     if num_classes > 1:

@@ -27,6 +27,13 @@ def predicted_labels(y_pred):
     return ops.argmax(y_pred, axis=-1)
 
 
+def probabilities(y_pred):
+    """float32 (N, H, W, C) probabilities. Keras' loss and metric wrappers squeeze a single
+    sigmoid channel away (to N, H, W) when the labels are class maps: it is put back."""
+    y_pred = ops.cast(y_pred, "float32")
+    return ops.expand_dims(y_pred, -1) if len(y_pred.shape) == 3 else y_pred
+
+
 def one_hot(y_true, num_classes: int, dtype="float32"):
     """(N, H, W, C) one-hot; a single sigmoid channel keeps the 0/1 map."""
     labels = true_labels(y_true, num_classes)
@@ -42,7 +49,7 @@ def dice_coef_multiclass(y_true, y_pred, smooth=1.0):
     Kept so numbers compare with the original's; it is near 1 for any mostly-background
     prediction, so reports lead with the foreground Dice instead.
     """
-    y_pred = ops.cast(y_pred, "float32")
+    y_pred = probabilities(y_pred)
     truth = one_hot(y_true, y_pred.shape[-1])
     intersection = ops.sum(truth * y_pred, axis=(1, 2, 3))
     total = ops.sum(truth, axis=(1, 2, 3)) + ops.sum(y_pred, axis=(1, 2, 3))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -34,6 +35,26 @@ def replacing(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def staged(folder: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `folder`; after the block, move the files written there
+    into `folder` (replacing those of the same name).
+
+    An error or Ctrl-C inside the block leaves `folder` as it was; the temporary folder is
+    removed either way.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        yield staging
+        for written in sorted(path for path in staging.rglob("*") if path.is_file()):
+            target = folder / written.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(written, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -105,8 +105,8 @@ def test_summary_with_bad_override_exits_2():
 
 
 def test_usage_errors_are_one_line_naming_the_help_to_read(tmp_path):
-    assert_one_line_error(flexunet("trian"), "No such command 'trian'", "flexunet --help")
-    assert_one_line_error(flexunet("train"), "Missing option '--config'", "flexunet train --help")
+    assert_one_line_error(flexunet("trian"), "No such command 'trian'", "(see flexunet --help)")
+    assert_one_line_error(flexunet("train"), "'--config' / '-c' (see flexunet train --help)")
     assert_one_line_error(
         flexunet("prepare", "synthetic", "-o", str(tmp_path), "--cases", "many"), "'--cases'"
     )

@@ -343,3 +343,21 @@ def test_cli_synthetic_msd_and_stats(tmp_path):
         assert result.exit_code == 0, result.output
     assert "train" in result.output and "tumor pixels" in result.output
     assert json.loads((out / "statistics.json").read_text())["settings"]["window"] == [-160, 240]
+
+
+def test_an_interrupted_synthetic_set_leaves_nothing(tmp_path, monkeypatch):
+    from flexunet_k3.data import synthetic
+
+    made = []
+
+    def second_case_interrupted(*args):
+        if made:
+            raise KeyboardInterrupt
+        made.append(synthetic_case(*args))
+        return made[-1]
+
+    synthetic_case = synthetic.phantom_case
+    monkeypatch.setattr(synthetic, "phantom_case", second_case_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_synthetic_dataset(tmp_path / "set", cases=3, size=32, slices=4)
+    assert made and list(tmp_path.iterdir()) == []

@@ -1,6 +1,7 @@
 """`flexunet train`: the run folder, seeds, refusal and --overwrite, Ctrl-C and --resume, NaN."""
 
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -109,6 +110,20 @@ def test_mixed_precision_policy_is_honoured(tmp_path, tiny_dataset):
         keras.mixed_precision.set_global_policy("float32")
     assert model.get_layer("enc0_conv1").compute_dtype == "bfloat16"
     assert read_state(tmp_path / "run")["status"] == "completed"
+
+
+def test_one_sigmoid_class_trains_with_every_loss(tmp_path, tiny_dataset):
+    # Keras squeezes a single output channel away before calling losses and metrics
+    for loss in ("categorical_crossentropy", "dice", "ce_dice"):
+        (tmp_path / loss).mkdir()
+        config = write_config(
+            tmp_path / loss, tiny_dataset, model={**TINY["model"], "num_classes": 1},
+            train={"epochs": 1, "steps_per_epoch": 2, "loss": loss, "num_infer_images": 1},
+        )
+        state = train(load_config(config)).state
+        assert state.status == "completed", loss
+        assert all(math.isfinite(state.history[key][0]) for key in ("loss", "val_loss"))
+        assert "val_dice_tumor" in state.history
 
 
 def wait_for(condition, timeout: float) -> None:

@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from ..errors import UserError
 from ..progress import track
+from ..run_folder import staged
 from .msd import check_output_folder
 
 HU = {
@@ -74,14 +75,15 @@ def write_synthetic_dataset(
             f"{output}: already holds a dataset (dataset.json); "
             "pass --overwrite to replace it or choose another output"
         )
-    for folder in ("imagesTr", "labelsTr"):
-        (output / folder).mkdir(parents=True, exist_ok=True)
     ids = [f"{index:03d}" for index in range(1, cases + 1)]
-    for index, case in enumerate(track(ids, "synthetic CT", total=cases)):
-        image, label, affine = phantom_case(np.random.default_rng([seed, index]), size, slices)
-        _write_nifti(output / "imagesTr" / f"lung_{case}.nii.gz", image, affine)
-        _write_nifti(output / "labelsTr" / f"lung_{case}.nii.gz", label, affine)
-    text = json.dumps(_dataset_json(ids), indent=4) + "\n"
+    with staged(output) as staging:  # an error or Ctrl-C leaves no partial set in `output`
+        for folder in ("imagesTr", "labelsTr"):
+            (staging / folder).mkdir()
+        for index, case in enumerate(track(ids, "synthetic CT", total=cases)):
+            image, label, affine = phantom_case(np.random.default_rng([seed, index]), size, slices)
+            _write_nifti(staging / "imagesTr" / f"lung_{case}.nii.gz", image, affine)
+            _write_nifti(staging / "labelsTr" / f"lung_{case}.nii.gz", label, affine)
+    text = json.dumps(_dataset_json(ids), indent=4) + "\n"  # last: the set is complete
     _write_atomic(output / "dataset.json", text.encode())
     return ids
 
@@ -292,7 +294,7 @@ def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
     image.header.set_xyzt_units("mm", "sec")
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
-    _write_atomic(path, gzip.compress(image.to_bytes(), compresslevel=1, mtime=0))
+    path.write_bytes(gzip.compress(image.to_bytes(), compresslevel=1, mtime=0))
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
