@@ -22,6 +22,7 @@ from flexunet_k3.run_folder import RunFolder
 
 from .state import console, errors, options, use_backend
 
+TRAINED_CONFIG = "use the config the run was trained with (its config.yaml)"
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="A YAML run config.")]
 Overrides = Annotated[
     list[str] | None,
@@ -134,6 +135,7 @@ def evaluate(
             from flexunet_k3.inference import load_trained_model
 
             run = RunFolder(cfg.train.output_dir)
+            run.check_model(cfg, TRAINED_CONFIG)
             model = load_trained_model(run.best, cfg)
             with _warnings_as_lines():
                 report = evaluate_model(model, cfg)
@@ -173,6 +175,7 @@ def infer(
         run = RunFolder(cfg.train.output_dir)
         images_dir = images or cfg.infer_images_dir()
         output_dir = output or cfg.infer.output_dir or run.infer_dir
+        run.check_model(cfg, TRAINED_CONFIG)
         model = load_trained_model(run.best, cfg)
         with _warnings_as_lines():
             result = infer_folder(

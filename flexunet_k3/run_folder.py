@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from flexunet_k3.config import validation_message
+from flexunet_k3.config import Config, ModelConfig, load_config, validation_message
 from flexunet_k3.errors import UserError
 
 
@@ -148,6 +148,24 @@ class RunFolder:
             *(self.epoch_infer_dir / "mosaic").glob("Epoch_*.png"),
         ]
         return [p for p in (*fixed, *curves, *evaluation) if p.is_file()] + sorted(epoch_images)
+
+    def check_model(self, config: Config, what_to_do: str) -> Config | None:
+        """The config this run was trained with (config.yaml; None if unreadable), after
+        refusing `config` if its model section differs from it."""
+        try:
+            trained = load_config(self.config)
+        except UserError:  # the saved model's shapes are still checked when it is loaded
+            return None
+        changed = [
+            f"model.{key} {getattr(trained.model, key)}" for key in ModelConfig.model_fields
+            if getattr(trained.model, key) != getattr(config.model, key)
+        ]
+        if changed:
+            raise UserError(
+                f"{self.root}: trained with {', '.join(changed)}, not as the config says; "
+                f"{what_to_do}"
+            )
+        return trained
 
     def read_state(self) -> TrainState | None:
         """The training state kept in history.json, or None before the first epoch."""

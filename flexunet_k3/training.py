@@ -24,7 +24,7 @@ from flexunet_k3.callbacks import (
     SafeInterrupt,
     Throughput,
 )
-from flexunet_k3.config import Config, ModelConfig, OptimizerConfig, load_config
+from flexunet_k3.config import Config, OptimizerConfig
 from flexunet_k3.data.dataset import dataset_from_config
 from flexunet_k3.data.images import list_images
 from flexunet_k3.errors import UserError
@@ -165,18 +165,8 @@ def _fit(
 def _resume(run: RunFolder, config: Config) -> keras.Model:
     """models/last.keras to go on training; refused if the config's model section changed since
     the run started. A learning rate changed in the config replaces the one the run reached."""
-    try:
-        before = load_config(run.config)
-    except UserError:  # no readable config.yaml: the model's shapes are still checked on load
-        before = None
-    if before is not None and before.model != config.model:
-        changed = [f"model.{key}" for key in ModelConfig.model_fields
-                   if getattr(before.model, key) != getattr(config.model, key)]
-        raise UserError(
-            f"{run.root}: the run was started with another {', '.join(changed)}; --resume goes on "
-            "with the saved model: set them back, or train anew with --overwrite or in another "
-            "train.output_dir"
-        )
+    before = run.check_model(config, "--resume goes on with the saved model: set them back, or "
+                             "train anew with --overwrite or in another train.output_dir")
     model = load_trained_model(run.last, config, compile=True)
     wanted = config.optimizer.learning_rate
     if before is not None and wanted != before.optimizer.learning_rate:

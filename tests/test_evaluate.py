@@ -14,6 +14,7 @@ from PIL import Image
 
 from flexunet_k3.config import Config, load_config
 from flexunet_k3.data.dataset import dataset_from_config
+from flexunet_k3.errors import UserError
 from flexunet_k3.evaluation import evaluate_folders
 from flexunet_k3.inference import load_trained_model
 
@@ -168,11 +169,14 @@ def test_bad_inputs_exit_2_with_one_line(trained_run, tiny_dataset, tmp_path):
         flexunet("evaluate", "--predictions", str(tmp_path / "nowhere"), "--masks", str(tmp_path)),
         "folder not found",
     )
+    larger = ["model.image_height=64", "model.image_width=64"]
     assert_one_line_error(
-        flexunet("evaluate", "--config", str(trained_run),
-                 "--set", "model.image_height=64", "--set", "model.image_width=64"),
-        "takes 32x32x1 images", "64x64x1",
+        flexunet("evaluate", "--config", str(trained_run), "--set", larger[0], "--set", larger[1]),
+        "trained with model.image_height 32, model.image_width 32, not as the config says",
     )
+    best = trained_run.parent / "run" / "models" / "best.keras"
+    with pytest.raises(UserError, match="takes 32x32x1 images .* the config says 64x64x1"):
+        load_trained_model(best, load_config(trained_run, larger))  # whatever config.yaml says
     damaged = write_config(tmp_path, tiny_dataset)
     (tmp_path / "run" / "models").mkdir(parents=True)
     (tmp_path / "run" / "models" / "best.keras").write_bytes(b"not a model")

@@ -56,3 +56,6 @@ def test_bad_inputs_exit_2_with_one_line(trained_run, tmp_path):
     assert_one_line_error(done, "z.png", "cannot read image")
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
     assert (output / "a.png").read_text() == "an earlier mask"  # untouched
+    for command in ("infer", "evaluate"):  # a config that does not describe the trained model
+        done = flexunet(command, "--config", str(trained_run), "--set", "model.base_filters=8")
+        assert_one_line_error(done, "trained with model.base_filters 4, not as the config says")

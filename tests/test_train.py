@@ -183,7 +183,7 @@ def test_resume_takes_a_changed_learning_rate_and_keeps_a_reached_one(tmp_path, 
 
     wider = write_config(tmp_path, tiny_dataset, model={**TINY["model"], "base_filters": 8},
                          train={"epochs": 4})
-    with pytest.raises(UserError, match="started with another model.base_filters; --resume"):
+    with pytest.raises(UserError, match="trained with model.base_filters 4, not as the config"):
         train(load_config(wider), resume=True)
 
 
