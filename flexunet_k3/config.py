@@ -318,7 +318,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (it keeps the last)."""
+    """YAML's safe loader (plain types only, as `yaml.safe_load`), refusing a key given twice
+    in one mapping (it keeps the last)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -339,7 +340,7 @@ def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), _UniqueKeyLoader)  # a SafeLoader
+        data = yaml.load(path.read_text(encoding="utf-8"), _UniqueKeyLoader)  # safe: see above
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

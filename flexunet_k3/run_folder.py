@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -42,19 +41,19 @@ def staged(folder: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `folder`; after the block, move the files written there
     into `folder` (replacing those of the same name).
 
-    An error or Ctrl-C inside the block leaves `folder` as it was; the temporary folder is
-    removed either way.
+    An error or Ctrl-C inside the block leaves `folder` as it was; the temporary folder (only
+    ever the one made here, never `folder`) is removed either way.
     """
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with tempfile.TemporaryDirectory(
+        prefix=f".{folder.name}.", dir=folder.parent, ignore_cleanup_errors=True
+    ) as temporary:
+        staging = Path(temporary)
         yield staging
         for written in sorted(path for path in staging.rglob("*") if path.is_file()):
             target = folder / written.relative_to(staging)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(written, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -75,6 +75,7 @@ def test_relative_paths_given_with_set_resolve_against_the_current_folder(tmp_pa
         ("- a\n- b\n", "expected a mapping of sections"),
         ("model: [\n", "not valid YAML (line 2)"),
         ("train:\n  epochs: 3\ntrain:\n  seed: 1\n", "(line 3): duplicate key 'train'"),
+        ("train: !!python/object/apply:os.getcwd []\n", "could not determine a constructor"),
     ],
 )
 def test_bad_configs_name_file_and_key(tmp_path, text, expected):
