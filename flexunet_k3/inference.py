@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,18 +29,10 @@ MOSAIC_MAX_TILES = 16
 
 def load_trained_model(path: Path, config: Config, *, compile: bool = False):
     """A model saved by `flexunet train` (safe mode), checked against the config's shapes."""
-    import keras
 
     if not path.is_file():
         raise UserError(f"{path}: no trained model here; run `flexunet train` first")
-    try:
-        model = keras.saving.load_model(path, compile=compile, safe_mode=True)
-    except Exception as exc:  # a corrupt or foreign file fails in many ways
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise UserError(
-            f"{path}: cannot load this model ({type(exc).__name__}: {reason}); "
-            "it is damaged or not a flexunet model: train again or point to another run"
-        ) from None
+    model = _read_model_file(path, compile)
     expected = ((config.model.image_height, config.model.image_width,
                  config.model.image_channels), config.model.num_classes)
     found = _signature(model)
@@ -49,6 +42,24 @@ def load_trained_model(path: Path, config: Config, *, compile: bool = False):
             f"{_describe(expected)}; use the config the model was trained with"
         )
     return model if compile else _as_configured(model, config)
+
+
+def _read_model_file(path: Path, compile: bool):
+    """keras.saving.load_model, any failure a one-line UserError."""
+    import keras
+
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a truncated one
+        reason = "not a whole .keras zip archive: truncated, or another kind of file"
+    else:
+        try:
+            return keras.saving.load_model(path, compile=compile, safe_mode=True)
+        except Exception as exc:  # a corrupt or foreign file fails in many ways
+            text = str(exc).strip()
+            reason = f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
+    raise UserError(
+        f"{path}: cannot load this model ({reason}); it is damaged or not a flexunet model: "
+        "train again or point to another run"
+    )
 
 
 def _as_configured(model, config: Config):

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import warnings
+import zipfile
 from pathlib import Path
 
 import keras
@@ -179,7 +180,14 @@ def test_bad_inputs_exit_2_with_one_line(trained_run, tiny_dataset, tmp_path):
         load_trained_model(best, load_config(trained_run, larger))  # whatever config.yaml says
     damaged = write_config(tmp_path, tiny_dataset)
     (tmp_path / "run" / "models").mkdir(parents=True)
-    (tmp_path / "run" / "models" / "best.keras").write_bytes(b"not a model")
+    whole = best.read_bytes()
+    (tmp_path / "run" / "models" / "best.keras").write_bytes(whole[: len(whole) // 2])
+    assert_one_line_error(
+        flexunet("evaluate", "--config", str(damaged)),
+        "cannot load this model (not a whole .keras zip archive: truncated",
+    )
+    with zipfile.ZipFile(tmp_path / "run" / "models" / "best.keras", "w") as archive:
+        archive.writestr("notes.txt", "a zip, not a model")
     assert_one_line_error(flexunet("evaluate", "--config", str(damaged)), "cannot load this model")
     missing = write_config(tmp_path / "run", tiny_dataset)
     assert_one_line_error(flexunet("evaluate", "--config", str(missing)), "no trained model")

@@ -121,11 +121,6 @@ class SegmentationDataset(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
 
-    @property
-    def off_color_pixels(self) -> int:
-        """Mask pixels not exactly a class color, over the masks read so far."""
-        return int(self._off_color[self._off_color > 0].sum())
-
     def set_epoch(self, epoch: int) -> None:
         """Use the order and augmentation of `epoch`.
 
