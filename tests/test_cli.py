@@ -7,31 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error, flexunet
 
 from flexunet_k3 import backend as backend_module
 from flexunet_k3.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = re.compile(r"\|\s+(keras|tensorflow|jax|jaxlib|torch)(\.|$)")
-
-
-def flexunet(*args, env=None):
-    """Run the installed console script; returns the finished process."""
-    return subprocess.run(
-        ["flexunet", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def assert_one_line_error(done, *fragments):
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_cli_import_loads_no_keras_or_backend(tmp_path):
