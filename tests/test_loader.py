@@ -299,13 +299,23 @@ def test_off_color_pixels_are_warned_once_with_the_total(tmp_path):
         mask = np.asarray(Image.open(path)).copy()
         mask[0, :5] = 128
         save(mask, path)
-    dataset = make_dataset(root, batch_size=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        dataset = make_dataset(root, batch_size=1)
         all_batches(dataset)
         all_batches(dataset)
-    messages = [str(w.message) for w in caught]
-    assert len(messages) == 1 and "10 pixels in 2 masks" in messages[0]
+    first, total = [str(w.message) for w in caught]  # the first mask's, at once; the total
+    assert "000_1.png: 5 pixels" in first and "10 pixels in 2 masks" in total
+
+
+def test_images_given_as_masks_are_warned_about_before_the_first_batch(tmp_path):
+    root = write_split(tmp_path, count=3)
+    pairs = [(mask, image) for image, mask in pair_files(root / "images", root / "masks")]
+    with pytest.warns(UserWarning, match=r"000_1\.png: \d+ pixels are not exactly a class color"):
+        SegmentationDataset(pairs, (24, 32), 3, BW, batch_size=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_dataset(root)  # real masks: no warning
 
 
 def test_dataset_from_config_augments_and_shuffles_only_for_training(tmp_path):

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -91,6 +92,8 @@ class SegmentationDataset(keras.utils.PyDataset):
         elif cache == "memory":
             self._images, self._labels = (np.empty(shape, np.uint8) for shape in self._shapes())
             self._fill_cache(workers)
+        elif self.pairs:
+            self._check_first_mask()
         self.set_epoch(0)
 
     def __len__(self) -> int:
@@ -195,6 +198,19 @@ class SegmentationDataset(keras.utils.PyDataset):
             array.flush()
             os.replace(source, target)
         done.write_text(json.dumps({"off_color": self._off_color.tolist()}))
+
+    def _check_first_mask(self) -> None:
+        """Streaming warns of off-color masks only once all are read: look at one up front, so
+        that an image folder given as the masks' is noticed before training rather than after."""
+        mask_path = self.pairs[0][1]
+        _, off_color = read_mask(mask_path, self.colors)
+        if off_color:
+            warnings.warn(
+                f"{mask_path}: {off_color} pixels are not exactly a class color; check "
+                "data.classes and that this folder holds masks, not images (a total follows once "
+                "every mask has been read)",
+                stacklevel=3,
+            )
 
     def _warn_off_color(self) -> None:
         """Warn once, when every mask has been read, if any pixel was not a class color."""
