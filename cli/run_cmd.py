@@ -105,7 +105,11 @@ def evaluate(
     ] = None,
     overrides: Overrides = None,
     predictions: Annotated[
-        Path | None, typer.Option(help="Score these mask files instead of a model (with --masks).")
+        Path | None,
+        typer.Option(
+            help="Score these mask files (class colors, or .npz class ids) instead of a model "
+            "(with --masks)."
+        ),
     ] = None,
     masks: Annotated[
         Path | None, typer.Option(help="Ground-truth masks for --predictions, paired by name.")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from flexunet_k3 import scores
-from flexunet_k3.data.images import pair_files
+from flexunet_k3.data.images import MASK_SUFFIXES, pair_files
 from flexunet_k3.data.masks import read_mask, warn_off_color
 from flexunet_k3.data.statistics import case_of
 from flexunet_k3.errors import UserError
@@ -214,7 +214,7 @@ def evaluate_folders(predictions_dir: Path, masks_dir: Path, classes) -> Report:
     """Score existing mask files against ground-truth masks paired by file stem; no model."""
     colors = [spec.color for spec in classes]
     scorer = Scorer([spec.name for spec in classes])
-    pairs = pair_files(predictions_dir, masks_dir)
+    pairs = pair_files(predictions_dir, masks_dir, image_suffixes=MASK_SUFFIXES)
     off_color = np.zeros((len(pairs), 2), np.int64)  # per pair: prediction's, ground truth's
     for row, (prediction_path, mask_path) in enumerate(track(pairs, "scoring")):
         predicted, off_color[row, 0] = read_mask(prediction_path, colors)

@@ -92,6 +92,19 @@ def test_class_id_masks_are_warned_about_not_scored_silently(tmp_path):
         evaluate_folders(tmp_path / "truth", tmp_path / "truth", Config().data.classes)
 
 
+def test_npz_predictions_of_class_ids_are_scored(tmp_path):
+    for folder in ("truth", "predicted"):
+        (tmp_path / folder).mkdir()
+    for name, (truth, predicted) in SLICES.items():
+        Image.fromarray(truth.astype(np.uint8) * 255).save(tmp_path / "truth" / name)
+        np.savez(tmp_path / "predicted" / Path(name).with_suffix(".npz"), labels=predicted)
+    report = evaluate_folders(tmp_path / "predicted", tmp_path / "truth", Config().data.classes)
+    expected = [dice(t, p) for t, p in SLICES.values() if t.any() or p.any()]
+    assert report.summary["classes"]["tumor"]["per_image"]["dice"] == pytest.approx(
+        np.mean(expected)
+    )
+
+
 def test_real_ct_masks_against_themselves_score_1():
     folder = os.environ.get("FLEXUNET_REAL_CT")
     if not folder:

@@ -102,9 +102,11 @@ def _by_stem(folder: Path, suffixes) -> dict[str, Path]:
     return found
 
 
-def pair_files(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
+def pair_files(
+    images_dir: Path, masks_dir: Path, image_suffixes=IMAGE_SUFFIXES
+) -> list[tuple[Path, Path]]:
     """(image, mask) pairs matched by file stem, sorted by name; a UserError if any is alone."""
-    images = _by_stem(images_dir, IMAGE_SUFFIXES)
+    images = _by_stem(images_dir, image_suffixes)
     masks = _by_stem(masks_dir, MASK_SUFFIXES)
     lonely_images = sorted(images.keys() - masks.keys())
     lonely_masks = sorted(masks.keys() - images.keys())
