@@ -22,7 +22,6 @@ from flexunet_k3.run_folder import RunFolder
 
 from .state import console, errors, options, use_backend
 
-TRAINED_CONFIG = "use the config the run was trained with (its config.yaml)"
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="A YAML run config.")]
 Overrides = Annotated[
     list[str] | None,
@@ -99,6 +98,16 @@ def _after_ctrl_c(run: RunFolder, config: Path, overrides: list[str] | None) -> 
     return f"{run.last} holds epoch {state.epoch}; continue with: {shlex.join(command)} --resume"
 
 
+def _best_model(cfg: Config):
+    """(run folder, its models/best.keras), refused if the config's model section is not the
+    one the run was trained with."""
+    from flexunet_k3.inference import load_trained_model
+
+    run = RunFolder(cfg.train.output_dir)
+    run.check_model(cfg, "use the config the run was trained with (its config.yaml)")
+    return run, load_trained_model(run.best, cfg)
+
+
 def evaluate(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="A YAML run config.")
@@ -136,11 +145,8 @@ def evaluate(
         with deferred():  # Ctrl-C waits for the next batch
             cfg = _start(config, overrides)
             from flexunet_k3.evaluation import evaluate_model
-            from flexunet_k3.inference import load_trained_model
 
-            run = RunFolder(cfg.train.output_dir)
-            run.check_model(cfg, TRAINED_CONFIG)
-            model = load_trained_model(run.best, cfg)
+            run, model = _best_model(cfg)
             with _warnings_as_lines():
                 report = evaluate_model(model, cfg)
         folder = output or run.root
@@ -174,13 +180,11 @@ def infer(
     """Segment a folder of images with models/best.keras: palette PNG masks named like them."""
     with deferred():  # Ctrl-C waits for the next batch
         cfg = _start(config, overrides)
-        from flexunet_k3.inference import infer_folder, load_trained_model
+        from flexunet_k3.inference import infer_folder
 
-        run = RunFolder(cfg.train.output_dir)
         images_dir = images or cfg.infer_images_dir()
+        run, model = _best_model(cfg)
         output_dir = output or cfg.infer.output_dir or run.infer_dir
-        run.check_model(cfg, TRAINED_CONFIG)
-        model = load_trained_model(run.best, cfg)
         with _warnings_as_lines():
             result = infer_folder(
                 model, cfg, images_dir, output_dir,

@@ -20,6 +20,7 @@ from typing import get_args
 
 from flexunet_k3.backend import installed_backends
 from flexunet_k3.config import Config, TrainConfig
+from flexunet_k3.errors import UserError, first_line
 
 PRECISIONS = get_args(TrainConfig.model_fields["precision"].annotation)
 JIT_MODES = get_args(TrainConfig.model_fields["jit"].annotation)
@@ -190,7 +191,7 @@ def _worker(argv: list[str]) -> None:
     try:
         row = measure(config, case)
     except Exception as exc:  # a precision or jit mode the backend cannot run: report, not crash
-        row = Row(case=case, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+        row = Row(case=case, error=first_line(exc, typed=True))
     data = asdict(row)
     data.pop("case")
     print(json.dumps(data), flush=True)
@@ -198,8 +199,6 @@ def _worker(argv: list[str]) -> None:
 
 def check_choices(values: list[str], allowed: tuple[str, ...], option: str) -> list[str]:
     """Validate a comma-separated option's values; UserError naming the bad one."""
-    from flexunet_k3.errors import UserError
-
     if not values:
         raise UserError(f"{option}: no values; choose from {', '.join(allowed)}")
     for value in values:

@@ -340,7 +340,7 @@ def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), _UniqueKeyLoader)  # safe: see above
+        data = yaml.load(path.read_text(encoding="utf-8"), _UniqueKeyLoader)  # a yaml.SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

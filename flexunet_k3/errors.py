@@ -3,3 +3,14 @@
 
 class UserError(Exception):
     """Bad input (a file, a key, a value): the message says what, where and what to do."""
+
+
+def first_line(exc: BaseException, typed: bool = False) -> str:
+    """An error's text cut to its first line (200 characters at most; libraries such as
+    tarfile write several), prefixed with its type's name when `typed`; the type's name alone
+    where the text is empty."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0].rstrip(":")[:200] if lines else ""
+    if not text:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if typed else text

@@ -15,7 +15,7 @@ from flexunet_k3.config import Config
 from flexunet_k3.data.dataset import image_batches
 from flexunet_k3.data.images import list_images, read_image, resize_image, resize_labels
 from flexunet_k3.data.masks import labels_to_palette_image
-from flexunet_k3.errors import UserError
+from flexunet_k3.errors import UserError, first_line
 from flexunet_k3.progress import track
 from flexunet_k3.run_folder import staged
 
@@ -54,8 +54,7 @@ def _read_model_file(path: Path, compile: bool):
         try:
             return keras.saving.load_model(path, compile=compile, safe_mode=True)
         except Exception as exc:  # a corrupt or foreign file fails in many ways
-            text = str(exc).strip()
-            reason = f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
+            reason = first_line(exc, typed=True)
     raise UserError(
         f"{path}: cannot load this model ({reason}); it is damaged or not a flexunet model: "
         "train again or point to another run"

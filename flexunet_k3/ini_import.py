@@ -11,7 +11,7 @@ import configparser
 import os
 from pathlib import Path
 
-from flexunet_k3.errors import UserError
+from flexunet_k3.errors import UserError, first_line
 
 # (section, key) -> dotted path in our config.
 DIRECT = {
@@ -143,8 +143,7 @@ def import_ini(path: Path, output: Path) -> tuple[dict, list[tuple[str, str]]]:
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except (configparser.Error, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0]
-        raise UserError(f"{path}: not an INI config: {first}") from None
+        raise UserError(f"{path}: not an INI config: {first_line(exc)}") from None
     if not parser.sections():
         raise UserError(f"{path}: no [sections] found: not an original train_eval_infer.config")
     ini_dir, out_dir = path.resolve().parent, output.resolve().parent

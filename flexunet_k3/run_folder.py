@@ -10,7 +10,7 @@ import math
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +54,17 @@ def staged(folder: Path) -> Iterator[Path]:
             target = folder / written.relative_to(staging)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(written, target)
+
+
+def check_output_folder(output: Path, folders: Sequence[str] = ()) -> None:
+    """Refuse, before any work, an output that is a file or lies under one, or that holds a
+    file where one of `folders` (paths relative to it) goes."""
+    for folder in (output, *(output / name for name in folders)):
+        for path in (folder, *folder.parents):
+            if path.exists() and not path.is_dir():
+                raise UserError(
+                    f"{path}: is a file, not a folder; choose another output or move the file"
+                )
 
 
 def write_text(path: Path, text: str) -> None:

@@ -131,3 +131,11 @@ def test_config_import_of_the_original_builds_the_lung_model(tmp_path):
     assert "Total params: 124,996,866" in flexunet("summary", "-c", str(out)).stdout
     again = flexunet("config", "import", os.environ["FLEXUNET_ORIGINAL_CONFIG"], "-o", str(out))
     assert_one_line_error(again, "already exists")
+
+
+def test_an_errors_first_line_stands_for_it_in_one_line_messages():
+    from flexunet_k3.errors import first_line
+
+    assert first_line(OSError("bad header:\n  tried gzip\n  tried bz2")) == "bad header"
+    assert first_line(ValueError("x" * 300), typed=True) == "ValueError: " + "x" * 200
+    assert first_line(KeyError(), typed=True) == first_line(KeyError()) == "KeyError"

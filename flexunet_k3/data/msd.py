@@ -37,8 +37,9 @@ from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 from PIL import Image
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..progress import track
+from ..run_folder import check_output_folder
 from .statistics import MINI_TEST, SPLITS, STATISTICS_FILES, dataset_statistics, write_statistics
 
 # Soft-tissue (mediastinal) window, W350 L50: lungs and fat black, muscle and blood mid grey,
@@ -71,7 +72,7 @@ class Source:
                 return tar.extractfile(self.root + name).read()
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise UserError(
-                f"{self.where(name)}: unreadable ({_first_line(exc)}); download it again"
+                f"{self.where(name)}: unreadable ({first_line(exc)}); download it again"
             ) from None
 
     def where(self, name: str) -> str:
@@ -317,17 +318,6 @@ def _check_settings(window, size, keep_empty, split, mini_test, workers) -> dict
     }
 
 
-def check_output_folder(output: Path, folders: Sequence[str] = ()) -> None:
-    """Refuse, before any work, an output that is a file or lies under one, or that holds a
-    file where one of `folders` (paths relative to it) goes."""
-    for folder in (output, *(output / name for name in folders)):
-        for path in (folder, *folder.parents):
-            if path.exists() and not path.is_dir():
-                raise UserError(
-                    f"{path}: is a file, not a folder; choose another output or move the file"
-                )
-
-
 def _check_output(output: Path, overwrite: bool) -> None:
     check_output_folder(
         output, [f"{name}/{kind}" for name in (*SPLITS, MINI_TEST) for kind in ("images", "masks")]
@@ -421,7 +411,7 @@ def _tar_members(path: Path) -> frozenset[str]:
             names = tar.getnames()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise UserError(
-            f"{path}: not a readable tar archive ({_first_line(exc)}); it may be truncated or "
+            f"{path}: not a readable tar archive ({first_line(exc)}); it may be truncated or "
             "corrupt: download it again, or give the extracted folder"
         ) from None
     return frozenset(n for n in names if not posixpath.basename(n).startswith("._"))
@@ -473,8 +463,3 @@ def _resized(plane: np.ndarray, size: int, resample: Image.Resampling) -> Image.
     if resized.dtype != np.uint8:
         resized = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
     return Image.fromarray(resized)
-
-
-def _first_line(exc: Exception) -> str:
-    """An error's text cut to its first line (tarfile's lists each method it tried)."""
-    return str(exc).splitlines()[0].rstrip(":") if str(exc) else type(exc).__name__

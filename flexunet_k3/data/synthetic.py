@@ -23,8 +23,7 @@ from scipy import ndimage
 
 from ..errors import UserError
 from ..progress import track
-from ..run_folder import staged
-from .msd import check_output_folder
+from ..run_folder import check_output_folder, staged
 
 HU = {
     "air": -1000.0,
