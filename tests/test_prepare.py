@@ -6,14 +6,13 @@ import io
 import json
 import re
 import shutil
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, flexunet
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -313,21 +312,13 @@ def test_stats_refuses_statistics_json_that_is_not_an_object(tmp_path):
 
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path):
-    flexunet = Path(sys.executable).with_name("flexunet")
-    if not flexunet.exists():
-        pytest.skip("the flexunet console script is not installed")
     missing = tmp_path / "Task06_Lung.tar"
-    run = subprocess.run(
-        [flexunet, "prepare", "msd", "--source", missing, "--output", tmp_path / "out"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 2
-    assert run.stderr.strip().splitlines() == [
+    run = flexunet("prepare", "msd", "--source", str(missing), "--output", str(tmp_path / "out"))
+    assert_one_line_error(
+        run,
         f"error: {missing}: not found; give Task06_Lung.tar or its extracted folder "
-        "(dataset.json, imagesTr, labelsTr)"
-    ]
+        "(dataset.json, imagesTr, labelsTr)",
+    )
 
 
 def test_cli_synthetic_msd_and_stats(tmp_path):
