@@ -29,7 +29,8 @@ def child(config_path: str, precision: str, steps: int) -> None:
     import numpy as np
 
     from flexunet_k3.config import load_config
-    from flexunet_k3.training import compile_model, set_up_process
+    from flexunet_k3.model_io import compile_model
+    from flexunet_k3.training import set_up_process
 
     config = load_config(config_path)
     set_up_process(config, precision)

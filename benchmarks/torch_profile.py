@@ -41,7 +41,7 @@ def main() -> None:
     select_backend("torch")
     import keras
 
-    from flexunet_k3.training import compile_model
+    from flexunet_k3.model_io import compile_model
 
     config = load_config(args.config, args.overrides)
     m = config.model

@@ -99,7 +99,7 @@ def main() -> None:
     """Console entry point: bad input (a usage error, a UserError, a file that cannot be
     written or read) prints one line and exits 2; Ctrl-C prints "interrupted" and exits 130."""
     try:
-        code = app(standalone_mode=False)
+        code = app(args=_bare_volumes(sys.argv[1:]), standalone_mode=False)
     except (UserError, OSError) as exc:
         code = _fail(_one_line(exc))
     except (KeyboardInterrupt, typer.Abort):
@@ -115,6 +115,18 @@ def main() -> None:
     if code == 130:  # Ctrl-C (Typer turns it into exit code 130)
         errors.print("interrupted")
     _exit(code if isinstance(code, int) else 0)
+
+
+def _bare_volumes(args: list[str]) -> list[str]:
+    """`evaluate --volumes` with no value after it (the end, or another option) scores the
+    trained model on the held-out patients: it is passed on as `--volumes=` (empty)."""
+    if "evaluate" not in args:
+        return args
+    return [
+        "--volumes=" if arg == "--volumes" and (i + 1 == len(args) or args[i + 1].startswith("-"))
+        else arg
+        for i, arg in enumerate(args)
+    ]
 
 
 def _one_line(exc: Exception) -> str:

@@ -16,7 +16,7 @@ from flexunet_k3.backend import BACKENDS, versions
 from flexunet_k3.benchmark import JIT_MODES, PRECISIONS, Case, Row, check_choices, run_case
 from flexunet_k3.config import load_config
 from flexunet_k3.errors import UserError
-from flexunet_k3.run_folder import write_json
+from flexunet_k3.files import write_json
 
 from .state import console
 

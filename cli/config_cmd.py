@@ -12,8 +12,8 @@ from rich.table import Table
 
 from flexunet_k3.config import Config, load_config, validate
 from flexunet_k3.errors import UserError
+from flexunet_k3.files import write_text
 from flexunet_k3.ini_import import import_ini
-from flexunet_k3.run_folder import write_text
 
 from .state import console, errors
 

@@ -17,8 +17,9 @@ from rich.table import Table
 
 from flexunet_k3.config import Config, load_config
 from flexunet_k3.errors import UserError
+from flexunet_k3.files import refuse_overwriting
 from flexunet_k3.interrupt import deferred
-from flexunet_k3.run_folder import RunFolder
+from flexunet_k3.run_folder import EVALUATION_FILES, RunFolder
 
 from .state import console, errors, options, use_backend
 
@@ -101,11 +102,20 @@ def _after_ctrl_c(run: RunFolder, config: Path, overrides: list[str] | None) -> 
 def _best_model(cfg: Config):
     """(run folder, its models/best.keras), refused if the config's model section is not the
     one the run was trained with."""
-    from flexunet_k3.inference import load_trained_model
+    from flexunet_k3.model_io import load_trained_model
 
     run = RunFolder(cfg.train.output_dir)
     run.check_model(cfg, "use the config the run was trained with (its config.yaml)")
     return run, load_trained_model(run.best, cfg)
+
+
+Overwrite = Annotated[
+    bool, typer.Option(help="Replace files of the same names already in the output folder.")
+]
+Tolerance = Annotated[
+    float, typer.Option("--tolerance-mm", min=0.0, max=1000.0,
+                        help="Surface Dice tolerance (mm), with --volumes.")
+]
 
 
 def evaluate(
@@ -123,13 +133,35 @@ def evaluate(
     masks: Annotated[
         Path | None, typer.Option(help="Ground-truth masks for --predictions, paired by name.")
     ] = None,
+    volumes: Annotated[
+        str | None,
+        typer.Option(
+            help="Whole-volume scores: label NIfTIs (a file or folder) to score against "
+            "--labels; alone, with --config, the trained model on the held-out test patients.",
+            show_default=False,
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Ground-truth label NIfTIs for --volumes, paired by name.")
+    ] = None,
+    source: Annotated[
+        Path | None, typer.Option(help="The Decathlon task, if moved since `prepare msd` "
+                                  "(--volumes alone).", show_default="splits.json's source")
+    ] = None,
+    tolerance_mm: Tolerance = 1.0,
     output: Annotated[
         Path | None,
         typer.Option(help="Folder for evaluation.*.",
                      show_default="the run folder, or PREDICTIONS/evaluation"),
     ] = None,
+    overwrite: Overwrite = False,
 ) -> None:
-    """Score models/best.keras on the test split, or existing masks against ground truth."""
+    """Score models/best.keras on the test split, existing masks against ground truth, or
+    whole volumes (--volumes)."""
+    if volumes is not None or labels is not None:
+        _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, output,
+                          overwrite)
+        return
     from flexunet_k3.evaluation import evaluate_folders, summary_rows, write_report
 
     if predictions is not None or masks is not None:
@@ -138,7 +170,7 @@ def evaluate(
         cfg = load_config(config, overrides) if config is not None else Config()
         with _warnings_as_lines():
             report = evaluate_folders(predictions, masks, cfg.data.classes)
-        folder = output or predictions / "evaluation"
+        folder, owned = output or predictions / "evaluation", False
     elif config is None:
         raise UserError("give --config (to score the trained model) or --predictions and --masks")
     else:
@@ -149,7 +181,9 @@ def evaluate(
             run, model = _best_model(cfg)
             with _warnings_as_lines():
                 report = evaluate_model(model, cfg)
-        folder = output or run.root
+        folder, owned = output or run.root, output is None  # the run's own evaluation files
+    if not owned:
+        refuse_overwriting(folder, EVALUATION_FILES, overwrite)
     write_report(report, folder)
     table = Table("metric", "value", "counted", title=f"evaluation ({report.summary['images']} "
                   f"images, {report.summary['cases']} cases)")
@@ -160,6 +194,43 @@ def evaluate(
          "evaluation_per_case.csv beside it")
 
 
+def _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, output,
+                      overwrite) -> None:
+    """`evaluate --volumes PRED --labels GT`, or `evaluate --config F --volumes`."""
+    from flexunet_k3 import volume_evaluation as ve
+
+    if volumes:  # label files to score
+        if labels is None:
+            raise UserError("--volumes PRED needs --labels GT (the ground-truth label NIfTIs); "
+                            "or give --volumes alone with --config to score the trained model")
+        cfg = load_config(config, overrides) if config is not None else Config()
+        report = ve.evaluate_volume_files(Path(volumes), labels,
+                                          [spec.name for spec in cfg.data.classes], tolerance_mm)
+        folder = output or Path(volumes) / "evaluation"
+    else:
+        if labels is not None or config is None:
+            raise UserError("--volumes alone scores the trained model on the held-out test "
+                            "patients: give --config (and no --labels), or --volumes PRED "
+                            "--labels GT")
+        with deferred():
+            cfg = _start(config, overrides)
+            from flexunet_k3.volume_inference import dataset_window, held_out_volumes
+
+            inputs = held_out_volumes(cfg, source)
+            window = dataset_window(cfg)
+            run, model = _best_model(cfg)
+            report = ve.evaluate_held_out(model, cfg, inputs, window, tolerance_mm)
+        folder = output or run.root
+    ve.write_volume_report(report, folder, overwrite)
+    table = Table("metric", "mean ± std", "median", "counted",
+                  title=f"whole-volume scores ({report.summary['volumes']} volumes, "
+                  f"surface Dice at {tolerance_mm:g} mm)")
+    for row in ve.summary_rows(report.summary):
+        table.add_row(*row)
+    console.print(table)
+    _say(f"wrote {folder / ve.REPORT_FILES[0]} and {ve.REPORT_FILES[1]} beside it")
+
+
 def infer(
     config: ConfigOption,
     overrides: Overrides = None,
@@ -167,17 +238,38 @@ def infer(
         Path | None, typer.Option(help="Images to segment.",
                                   show_default="infer.images_dir, else the test split")
     ] = None,
+    volumes: Annotated[
+        Path | None,
+        typer.Option(help="CT volumes to segment: a .nii/.nii.gz file, a folder of them, or a "
+                     "Decathlon task folder or .tar (its imagesTs; with --split test, the "
+                     "held-out patients).", show_default=False),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="'test': the patients `prepare msd` held out (the dataset's "
+                     "splits.json), read from the source it recorded or from --volumes.",
+                     show_default=False),
+    ] = None,
+    probabilities: Annotated[
+        bool, typer.Option(help="With volumes, also write NAME_probabilities.nii.gz.")
+    ] = False,
     output: Annotated[
         Path | None,
         typer.Option(help="Folder for the masks.",
-                     show_default="infer.output_dir, else RUN/infer"),
+                     show_default="infer.output_dir, else RUN/infer (RUN/infer_volumes)"),
     ] = None,
     overlay: Annotated[
         bool | None,
         typer.Option("--overlay/--no-overlay", help="Also write overlays and a mosaic."),
     ] = None,
+    overwrite: Overwrite = False,
 ) -> None:
-    """Segment a folder of images with models/best.keras: palette PNG masks named like them."""
+    """Segment a folder of images (palette PNG masks named like them) or CT volumes (label
+    NIfTIs over them) with models/best.keras."""
+    if volumes is not None or split is not None:
+        _infer_volumes(config, overrides, volumes, split, images, probabilities, output,
+                       overwrite)
+        return
     with deferred():  # Ctrl-C waits for the next batch
         cfg = _start(config, overrides)
         from flexunet_k3.inference import infer_folder
@@ -189,6 +281,7 @@ def infer(
             result = infer_folder(
                 model, cfg, images_dir, output_dir,
                 with_overlays=cfg.infer.overlay if overlay is None else overlay,
+                overwrite=overwrite,
             )
     if result.skipped:
         errors.print(
@@ -196,3 +289,28 @@ def infer(
             + ", ".join(result.skipped), style="yellow", markup=False, soft_wrap=True,
         )
     _say(f"wrote {result.written} masks to {result.output_dir}")
+
+
+def _infer_volumes(config, overrides, volumes, split, images, probabilities, output,
+                   overwrite) -> None:
+    if images is not None:
+        raise UserError("--images and --volumes exclude each other: give one")
+    if split not in (None, "test"):
+        raise UserError(f"--split {split}: only 'test' (the held-out patients) is known")
+    with deferred():
+        cfg = _start(config, overrides)
+        from flexunet_k3.volume_inference import (
+            dataset_window,
+            held_out_volumes,
+            infer_volumes,
+            volumes_at,
+        )
+
+        inputs = held_out_volumes(cfg, volumes) if split else volumes_at(volumes)
+        run = RunFolder(cfg.train.output_dir)
+        output_dir = output or cfg.infer.output_dir or run.volumes_dir
+        window = dataset_window(cfg)
+        run, model = _best_model(cfg)
+        result = infer_volumes(model, cfg, inputs, output_dir, window=window,
+                               probabilities=probabilities, overwrite=overwrite)
+    _say(f"wrote {len(result.written)} label volumes to {result.output_dir}")

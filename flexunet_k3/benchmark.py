@@ -107,7 +107,8 @@ def measure(config: Config, case: Case) -> Row:
     import numpy as np
 
     from flexunet_k3.backend import devices
-    from flexunet_k3.training import compile_model, set_up_process
+    from flexunet_k3.model_io import compile_model
+    from flexunet_k3.training import set_up_process
 
     set_up_process(config, case.precision)
     config = config.model_copy(deep=True)

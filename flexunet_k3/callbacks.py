@@ -17,8 +17,9 @@ from flexunet_k3 import progress
 from flexunet_k3.config import Config, ReducerConfig
 from flexunet_k3.inference import write_predictions
 from flexunet_k3.interrupt import raise_if_pressed
+from flexunet_k3.model_io import save_model
 from flexunet_k3.plots import write_curves
-from flexunet_k3.run_folder import RunFolder, TrainState, save_model
+from flexunet_k3.run_folder import RunFolder, TrainState
 
 
 def finite_loss(logs: dict | None) -> bool:

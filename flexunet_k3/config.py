@@ -230,6 +230,8 @@ class InferConfig(Section):
     output_dir: Path | None = None
     overlay: bool = False
     batch_size: PositiveInt = 4
+    # Average each image's probabilities with those of its horizontal flip (test-time mirroring)
+    mirror: bool = False
 
 
 class Config(Section):

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from flexunet_k3 import scores
+from flexunet_k3.data.cases import case_of
 from flexunet_k3.data.images import MASK_SUFFIXES, pair_files
 from flexunet_k3.data.masks import read_mask, warn_off_color
-from flexunet_k3.data.statistics import case_of
 from flexunet_k3.errors import UserError
+from flexunet_k3.files import write_json, write_text
 from flexunet_k3.progress import track
-from flexunet_k3.run_folder import write_json, write_text
 
 COUNTS = ("true_pixels", "pred_pixels", "intersection")
 SCORES = ("dice", "iou", "precision", "recall")

@@ -1,9 +1,12 @@
-"""Inference: palette PNG masks named like their inputs at each input's size, overlays, mosaic."""
+"""Inference. The core turns images into class probabilities at each image's own size; the
+front-ends write them: here image folders (palette PNG masks named like their inputs, overlays,
+a mosaic), in `volume_inference` NIfTI volumes.
+"""
 
 from __future__ import annotations
 
 import math
-import zipfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,14 +15,13 @@ from PIL import Image
 
 from flexunet_k3 import scores
 from flexunet_k3.config import Config
-from flexunet_k3.data.dataset import image_batches
-from flexunet_k3.data.images import list_images, read_image, resize_image, resize_labels
+from flexunet_k3.data.dataset import to_float
+from flexunet_k3.data.images import list_images, read_image, resize_image, resize_probabilities
 from flexunet_k3.data.masks import labels_to_palette_image
-from flexunet_k3.errors import UserError, first_line
+from flexunet_k3.errors import UserError
+from flexunet_k3.files import refuse_overwriting, staged
 from flexunet_k3.progress import track
-from flexunet_k3.run_folder import staged
 
-JIT = {"auto": "auto", "on": True, "off": False}  # train.jit -> keras' jit_compile
 OVERLAY_ALPHA = 0.45
 # Shown instead of gray class colors (a white tumor mask would vanish on a gray CT).
 DISPLAY_COLORS = ((255, 40, 40), (40, 220, 40), (60, 120, 255), (255, 200, 0), (220, 0, 220))
@@ -27,85 +29,53 @@ MOSAIC_TILE = 192
 MOSAIC_MAX_TILES = 16
 
 
-def load_trained_model(path: Path, config: Config, *, compile: bool = False):
-    """A model saved by `flexunet train` (safe mode), checked against the config's shapes."""
+def iter_probabilities(model, images: Iterable[np.ndarray], config: Config) -> Iterator[np.ndarray]:
+    """float32 (h, w, C) class probabilities for each uint8 (h, w, channels) image, in order.
 
-    if not path.is_file():
-        raise UserError(f"{path}: no trained model here; run `flexunet train` first")
-    model = _read_model_file(path, compile)
-    expected = ((config.model.image_height, config.model.image_width,
-                 config.model.image_channels), config.model.num_classes)
-    found = _signature(model)
-    if found != expected:
-        raise UserError(
-            f"{path}: this model takes {_describe(found)} but the config says "
-            f"{_describe(expected)}; use the config the model was trained with"
-        )
-    return model if compile else _as_configured(model, config)
-
-
-def _read_model_file(path: Path, compile: bool):
-    """keras.saving.load_model, any failure a one-line UserError."""
-    import keras
-
-    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a truncated one
-        reason = "not a whole .keras zip archive: truncated, or another kind of file"
-    else:
-        try:
-            return keras.saving.load_model(path, compile=compile, safe_mode=True)
-        except Exception as exc:  # a corrupt or foreign file fails in many ways
-            reason = first_line(exc, typed=True)
-    raise UserError(
-        f"{path}: cannot load this model ({reason}); it is damaged or not a flexunet model: "
-        "train again or point to another run"
-    )
-
-
-def _as_configured(model, config: Config):
-    """`model` for prediction under the config's train.precision and train.jit.
-
-    A saved model keeps the precision it was trained with; another one is built from the config
-    under the asked precision and given the saved weights (stored in float32 either way).
+    Images go through the model in batches of infer.batch_size (the last one padded, so a
+    compiled model sees one shape), resized to its input size and scaled as in training. The
+    probabilities are resized back to each image's size (bilinear: they still sum to 1).
+    With infer.mirror, those of each image and of its horizontal flip are averaged.
+    Only one batch is held at a time.
     """
-    import keras
-
-    from flexunet_k3.models import build_model
-
-    precision = config.train.precision
-    first = next(layer for layer in model.layers if layer.weights)
-    if first.dtype_policy.name != precision:
-        previous = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy(precision)
-        try:
-            rebuilt = build_model(config.model)
-        finally:
-            keras.mixed_precision.set_global_policy(previous)
-        rebuilt.set_weights(model.get_weights())
-        model = rebuilt
-    if config.train.jit != "auto":  # "auto" stays Keras' choice per backend (no torch.compile)
-        model.jit_compile = JIT[config.train.jit]
-    return model
+    batch: list[np.ndarray] = []
+    for image in images:
+        batch.append(image)
+        if len(batch) == config.infer.batch_size:
+            yield from _predict_batch(model, batch, config)
+            batch = []
+    if batch:
+        yield from _predict_batch(model, batch, config)
 
 
-def _signature(model) -> tuple | None:
-    """((height, width, channels), classes) of a one-input, one-output image model."""
-    inputs, outputs = getattr(model, "inputs", None) or [], getattr(model, "outputs", None) or []
-    if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
-        return None
-    return tuple(inputs[0].shape[1:]), outputs[0].shape[-1]
+def predict_probabilities(model, images: Iterable[np.ndarray], config: Config) -> np.ndarray:
+    """float32 (N, H, W, C) class probabilities for uint8 (N, H, W, channels) images."""
+    return np.stack(list(iter_probabilities(model, images, config)))
 
 
-def _describe(signature: tuple | None) -> str:
-    if signature is None:
-        return "something other than one image in and one mask out"
-    (height, width, channels), classes = signature
-    return f"{height}x{width}x{channels} images and {classes} output classes"
-
-
-def predict_labels(model, batch: np.ndarray) -> np.ndarray:
-    """uint8 (B, H, W) class ids for a float32 (B, H, W, C) batch."""
-    probabilities = np.asarray(model.predict_on_batch(batch))
+def labels_of(probabilities: np.ndarray) -> np.ndarray:
+    """uint8 class ids: the argmax of the probabilities (> 0.5 for one sigmoid channel)."""
     return scores.predicted_labels(probabilities).astype(np.uint8)
+
+
+def _predict_batch(model, images: list[np.ndarray], config: Config) -> Iterator[np.ndarray]:
+    m = config.model
+    size = (m.image_height, m.image_width)
+    batch = np.stack([resize_image(image, size) for image in images])
+    padding = config.infer.batch_size - len(images)
+    if padding:
+        batch = np.concatenate([batch, np.zeros((padding, *batch.shape[1:]), batch.dtype)])
+    batch = to_float(batch, not m.input_normalize)
+    probabilities = _model_output(model, batch)
+    if config.infer.mirror:
+        flipped = _model_output(model, np.ascontiguousarray(batch[:, :, ::-1]))
+        probabilities = (probabilities + flipped[:, :, ::-1]) / 2
+    for image, output in zip(images, probabilities, strict=False):
+        yield resize_probabilities(output, image.shape[:2])
+
+
+def _model_output(model, batch: np.ndarray) -> np.ndarray:
+    return np.asarray(model.predict_on_batch(batch), dtype=np.float32)
 
 
 def overlay_palette(colors) -> np.ndarray:
@@ -156,23 +126,23 @@ def write_predictions(
     `description` shows a progress bar with that label.
     """
     colors = [spec.color for spec in config.data.classes]
-    batches = image_batches(paths, config)
+    images = (read_image(path, config.model.image_channels) for path in paths)
+    predicted = zip(paths, iter_probabilities(model, images, config), strict=True)
     if description:
-        batches = track(batches, description, total=math.ceil(len(paths) / config.infer.batch_size))
+        predicted = track(predicted, description, total=len(paths))
     output_dir.mkdir(parents=True, exist_ok=True)
     tiles = []
-    for chunk, batch, sizes in batches:
-        for path, labels, size in zip(chunk, predict_labels(model, batch), sizes, strict=True):
-            labels = resize_labels(labels, size)
-            labels_to_palette_image(labels, colors).save(output_dir / f"{prefix}{path.stem}.png")
-            if overlays_dir is None and mosaic_path is None:
-                continue
-            tinted = overlay(read_image(path, 3), labels, colors)
-            if overlays_dir is not None:
-                overlays_dir.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(tinted).save(overlays_dir / f"{prefix}{path.stem}.png")
-            if len(tiles) < MOSAIC_MAX_TILES:
-                tiles.append(tinted)
+    for path, probabilities in predicted:
+        labels = labels_of(probabilities)
+        labels_to_palette_image(labels, colors).save(output_dir / f"{prefix}{path.stem}.png")
+        if overlays_dir is None and mosaic_path is None:
+            continue
+        tinted = overlay(read_image(path, 3), labels, colors)
+        if overlays_dir is not None:
+            overlays_dir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(tinted).save(overlays_dir / f"{prefix}{path.stem}.png")
+        if len(tiles) < MOSAIC_MAX_TILES:
+            tiles.append(tinted)
     if mosaic_path is not None and tiles:
         mosaic_path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(mosaic(tiles)).save(mosaic_path)
@@ -186,19 +156,25 @@ class InferResult:
 
 
 def infer_folder(
-    model, config: Config, images_dir: Path, output_dir: Path, *, with_overlays: bool
+    model, config: Config, images_dir: Path, output_dir: Path, *, with_overlays: bool,
+    overwrite: bool = False,
 ) -> InferResult:
     """Masks for every image in `images_dir` (other files are skipped and named in the result).
 
     Overlays go to `output_dir/overlays/`, their mosaic to `output_dir/mosaic/mosaic.png`
-    (subfolders, so the output folder holds only masks and can be scored as it is). Files are
-    written beside `output_dir` first and moved in once all are done: an unreadable image or a
-    Ctrl-C leaves `output_dir` as it was.
+    (subfolders, so the output folder holds only masks and can be scored as it is). Files of
+    the same names already in `output_dir` are refused unless `overwrite`. Files are written
+    beside `output_dir` first and moved in once all are done: an unreadable image or a Ctrl-C
+    leaves `output_dir` as it was.
     """
     paths, skipped = list_images(images_dir)
     if output_dir.resolve() == images_dir.resolve():
         raise UserError(f"{output_dir}: is the input folder; choose another --output")
     _check_unique_stems(paths)
+    names = [f"{path.stem}.png" for path in paths]
+    if with_overlays:
+        names += [f"overlays/{name}" for name in names] + ["mosaic/mosaic.png"]
+    refuse_overwriting(output_dir, names, overwrite)
     with staged(output_dir) as staging:
         write_predictions(
             model, paths, config, staging,

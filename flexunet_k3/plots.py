@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flexunet_k3.run_folder import replacing, write_text
+from flexunet_k3.files import replacing, write_text
 
 CURVES = {
     "train_losses": ("loss", "val_loss"),

@@ -1,4 +1,4 @@
-"""The run folder (README, "A run folder"): its file names, its state, atomic writes.
+"""The run folder (README, "A run folder"): its file names and its state.
 
 Importing this module does not import keras.
 """
@@ -6,12 +6,6 @@ Importing this module does not import keras.
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
-import zipfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,94 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from flexunet_k3.config import Config, ModelConfig, load_config, validation_message
 from flexunet_k3.errors import UserError
-
-
-@contextmanager
-def replacing(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; once written, it replaces `path` (os.replace).
-
-    A crash or Ctrl-C while writing leaves the old file whole and removes the temporary one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-@contextmanager
-def staged(folder: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `folder`; after the block, move the files written there
-    into `folder` (replacing those of the same name).
-
-    An error or Ctrl-C inside the block leaves `folder` as it was; the temporary folder (only
-    ever the one made here, never `folder`) is removed either way.
-    """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(
-        prefix=f".{folder.name}.", dir=folder.parent, ignore_cleanup_errors=True
-    ) as temporary:
-        staging = Path(temporary)
-        yield staging
-        for written in sorted(path for path in staging.rglob("*") if path.is_file()):
-            target = folder / written.relative_to(staging)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(written, target)
-
-
-def check_output_folder(output: Path, folders: Sequence[str] = ()) -> None:
-    """Refuse, before any work, an output that is a file or lies under one, or that holds a
-    file where one of `folders` (paths relative to it) goes."""
-    for folder in (output, *(output / name for name in folders)):
-        for path in (folder, *folder.parents):
-            if path.exists() and not path.is_dir():
-                raise UserError(
-                    f"{path}: is a file, not a folder; choose another output or move the file"
-                )
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically."""
-    with replacing(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
-
-
-def write_json(path: Path, data) -> None:
-    """Write a JSON file atomically (NaN and infinities written as null)."""
-    write_text(path, json.dumps(_finite_or_none(data), indent=2) + "\n")
-
-
-def _finite_or_none(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_or_none(item) for item in value]
-    return value
-
-
-def save_model(model, path: Path) -> None:
-    """Save a keras model to a .keras file atomically, staging its weights on disk.
-
-    Keras' own .keras writer buffers the whole weights file, optimizer state included, in
-    memory: for the lung model that is 1.5 GB more at every checkpoint. This writes the same
-    archive (config.json, metadata.json, model.weights.h5) from an unzipped save instead.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        tempfile.TemporaryDirectory(dir=path.parent, prefix=".saving-") as staging,
-        replacing(path) as temporary,
-    ):
-        folder = Path(staging) / "model"
-        model.save(folder, zipped=False)
-        with zipfile.ZipFile(temporary, "w") as archive:
-            for file in sorted(folder.rglob("*")):
-                if file.is_file():
-                    archive.write(file, file.relative_to(folder).as_posix())
-
+from flexunet_k3.files import write_json
 
 EVALUATION_FILES = (
     "evaluation.csv", "evaluation.json", "evaluation_per_image.csv", "evaluation_per_case.csv"
@@ -146,6 +53,10 @@ class RunFolder:
     @property
     def infer_dir(self) -> Path:
         return self.root / "infer"
+
+    @property
+    def volumes_dir(self) -> Path:
+        return self.root / "infer_volumes"
 
     def training_outputs(self) -> list[Path]:
         """Our files from an earlier run that exist now (what --overwrite replaces)."""

@@ -24,32 +24,15 @@ from flexunet_k3.callbacks import (
     SafeInterrupt,
     Throughput,
 )
-from flexunet_k3.config import Config, OptimizerConfig
+from flexunet_k3.config import Config
 from flexunet_k3.data.dataset import dataset_from_config
 from flexunet_k3.data.images import list_images
 from flexunet_k3.errors import UserError
-from flexunet_k3.inference import JIT, load_trained_model
+from flexunet_k3.files import write_text
 from flexunet_k3.interrupt import Interrupted, deferred, raise_if_pressed
-from flexunet_k3.losses import get_loss
 from flexunet_k3.memory import keep_freed_memory
-from flexunet_k3.metrics import segmentation_metrics
-from flexunet_k3.models import build_model
-from flexunet_k3.run_folder import RunFolder, TrainState, prepare_run, save_model, write_text
-
-
-def make_optimizer(config: OptimizerConfig) -> keras.optimizers.Optimizer:
-    """Adam, AdamW or SGD with the configured learning rate and gradient clipping."""
-    common = {
-        "learning_rate": config.learning_rate,
-        "clipvalue": config.clipvalue,
-        "clipnorm": config.clipnorm,
-    }
-    if config.name == "adam":
-        return keras.optimizers.Adam(**common)
-    if config.name == "adamw":
-        weight_decay = 0.004 if config.weight_decay is None else config.weight_decay
-        return keras.optimizers.AdamW(weight_decay=weight_decay, **common)
-    return keras.optimizers.SGD(momentum=config.momentum, **common)
+from flexunet_k3.model_io import compile_model, load_trained_model, save_model
+from flexunet_k3.run_folder import RunFolder, TrainState, prepare_run
 
 
 def set_up_process(config: Config, precision: str) -> None:
@@ -58,18 +41,6 @@ def set_up_process(config: Config, precision: str) -> None:
         keep_freed_memory()
     keras.utils.set_random_seed(config.train.seed)
     keras.mixed_precision.set_global_policy(precision)
-
-
-def compile_model(config: Config) -> keras.Model:
-    """A new model compiled with the configured optimizer, loss and segmentation metrics."""
-    model = build_model(config.model)
-    model.compile(
-        optimizer=make_optimizer(config.optimizer),
-        loss=get_loss(config.train.loss),
-        metrics=segmentation_metrics([spec.name for spec in config.data.classes]),
-        jit_compile=JIT[config.train.jit],
-    )
-    return model
 
 
 def epoch_infer_paths(config: Config) -> list[Path]:

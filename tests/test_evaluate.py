@@ -17,7 +17,7 @@ from flexunet_k3.config import Config, load_config
 from flexunet_k3.data.dataset import dataset_from_config
 from flexunet_k3.errors import UserError
 from flexunet_k3.evaluation import evaluate_folders
-from flexunet_k3.inference import load_trained_model
+from flexunet_k3.model_io import load_trained_model
 
 SQUARE = np.zeros((16, 16), bool)
 SQUARE[2:6, 2:6] = True

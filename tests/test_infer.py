@@ -52,7 +52,10 @@ def test_bad_inputs_exit_2_with_one_line(trained_run, tmp_path):
     output.mkdir()
     (output / "a.png").write_text("an earlier mask")
     done = flexunet("infer", "--config", str(trained_run), "--images", str(images),
-                    "--output", str(output), "--set", "infer.batch_size=1")
+                    "--output", str(output))  # a user's file of the same name
+    assert_one_line_error(done, "already holds a.png", "--overwrite")
+    done = flexunet("infer", "--config", str(trained_run), "--images", str(images),
+                    "--output", str(output), "--set", "infer.batch_size=1", "--overwrite")
     assert_one_line_error(done, "z.png", "cannot read image")
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
     assert (output / "a.png").read_text() == "an earlier mask"  # untouched

@@ -10,7 +10,7 @@ from PIL import Image
 
 from flexunet_k3.config import AugmentConfig, Config
 from flexunet_k3.data.augment import Augmenter
-from flexunet_k3.data.dataset import SegmentationDataset, dataset_from_config, image_batches
+from flexunet_k3.data.dataset import SegmentationDataset, dataset_from_config
 from flexunet_k3.data.images import list_images, pair_files, read_image, resize_labels
 from flexunet_k3.data.masks import colors_to_labels, labels_to_palette_image, read_mask
 from flexunet_k3.errors import UserError
@@ -333,10 +333,6 @@ def test_dataset_from_config_augments_and_shuffles_only_for_training(tmp_path):
     evaluating = dataset_from_config(config, "train", training=False)
     assert not evaluating.shuffle and evaluating.augmenter is None
     assert evaluating[0][0].shape == (3, 32, 32, 3)
-    paths = sorted((tmp_path / "data" / "train" / "images").iterdir())
-    chunks = list(image_batches(paths, config, batch_size=3))
-    assert [len(chunk) for chunk, _, _ in chunks] == [3, 1]
-    assert chunks[0][1].shape == (3, 32, 32, 3) and chunks[0][2][0] == (24, 32)
 
 
 def test_the_loader_prefetches_in_keras_threads_under_tensorflow(tmp_path):

@@ -17,14 +17,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from flexunet_k3.cli.app import app
-from flexunet_k3.data.msd import prepare_msd, split_cases
-from flexunet_k3.data.statistics import (
-    MINI_TEST,
-    SPLITS,
-    case_of,
-    dataset_statistics,
-    update_statistics,
-)
+from flexunet_k3.data.cases import SPLITS, case_of, read_splits, split_cases
+from flexunet_k3.data.msd import prepare_msd
+from flexunet_k3.data.statistics import MINI_TEST, dataset_statistics, update_statistics
 from flexunet_k3.data.synthetic import write_synthetic_dataset
 from flexunet_k3.errors import UserError
 
@@ -128,6 +123,10 @@ def test_prepare_synthetic_at_512(prepared):
     assert 0 < on_disk["tumor_pixel_share"]["all"] < 0.05
     assert (out / "statistics.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+    record = read_splits(out)  # the split by patient, for whole-volume work on the test cases
+    assert {split: set(record["splits"][split]) for split in SPLITS} == cases
+    assert record["window"] == (-125.0, 225.0) and Path(record["source"]).is_absolute()
+    assert record["files"][sorted(cases["test"])[0]]["label"].startswith("labelsTr/lung_")
 
 
 def marker_case(storage: str):

@@ -7,7 +7,7 @@ import json
 import os
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -243,16 +243,3 @@ def dataset_from_config(
         workers=config.data.workers,
     )
 
-
-def image_batches(
-    paths: Sequence[Path], config: Config, batch_size: int | None = None
-) -> Iterator[tuple[list[Path], np.ndarray, list[Size]]]:
-    """(paths, float32 (B, H, W, C) batch at the model size, original (h, w) sizes) chunks."""
-    size = (config.model.image_height, config.model.image_width)
-    batch_size = batch_size or config.infer.batch_size
-    for start in range(0, len(paths), batch_size):
-        chunk = list(paths[start : start + batch_size])
-        images = [read_image(path, config.model.image_channels) for path in chunk]
-        batch = np.stack([resize_image(image, size) for image in images])
-        sizes = [image.shape[:2] for image in images]
-        yield chunk, to_float(batch, not config.model.input_normalize), sizes

@@ -59,6 +59,17 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img)
 
 
+def resize_probabilities(probabilities: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of float32 (H, W, C) class probabilities to `size` = (height, width),
+    channel by channel (weights sum to 1, so each pixel's probabilities still do)."""
+    if probabilities.shape[:2] == tuple(size):
+        return probabilities
+    return np.stack([
+        np.asarray(Image.fromarray(channel).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+        for channel in np.moveaxis(np.ascontiguousarray(probabilities, np.float32), -1, 0)
+    ], axis=-1)
+
+
 def _listing(names: list[str]) -> str:
     more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
     return ", ".join(names[:_SHOWN]) + more

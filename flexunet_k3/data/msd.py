@@ -12,12 +12,9 @@ moved into place at the end, so a failed run leaves nothing half-written.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
-import logging
 import os
 import posixpath
-import re
 import shutil
 import tarfile
 import tempfile
@@ -28,24 +25,22 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-from nibabel import orientations
-from nibabel.filebasedimages import ImageFileError
-from nibabel.imageglobals import logger as nibabel_logger
-from nibabel.spatialimages import HeaderDataError
-from nibabel.wrapstruct import WrapStructError
 from PIL import Image
 
 from ..errors import UserError, first_line
+from ..files import check_output_folder
 from ..progress import track
-from ..run_folder import check_output_folder
-from .statistics import MINI_TEST, SPLITS, STATISTICS_FILES, dataset_statistics, write_statistics
+from .cases import SPLITS, SPLITS_FILE, case_id, split_cases, write_splits
+from .images import resize_image, resize_labels
+from .nifti import Volume, display_slice, has_patient_axes, to_display, volume_from_bytes
+from .statistics import MINI_TEST, STATISTICS_FILES, dataset_statistics, write_statistics
 
 # Soft-tissue (mediastinal) window, W350 L50: lungs and fat black, muscle and blood mid grey,
 # contrast-filled vessels light, bone white, as in the original tool's Lung-Tumor PNGs.
 DEFAULT_WINDOW = (-125.0, 225.0)
 DEFAULT_SPLIT = (0.7, 0.15, 0.15)
+DATASET_FILES = (*STATISTICS_FILES, SPLITS_FILE)  # beside the split folders
 SOURCE_HINT = "give Task06_Lung.tar or its extracted folder (dataset.json, imagesTr, labelsTr)"
 
 
@@ -149,7 +144,10 @@ def prepare_msd(
             for case, image, label in cases
         ]
         results = _convert(jobs, settings["workers"], strict)
-        _arrange(staging, results, settings["split"], seed, mini_test)
+        splits = _arrange(staging, results, settings["split"], seed, mini_test)
+        files = {case: {"image": image, "label": label} for case, image, label in cases
+                 if any(case in ids for ids in splits.values())}
+        write_splits(staging, task.path, splits, files, window)
         stats = dataset_statistics(staging)
         stats["tumor_free_slices_dropped"] = sum(r.dropped for r in results)
         stats["skipped_cases"] = {r.case: r.problem for r in results if r.problem}
@@ -206,73 +204,25 @@ def read_cases(task: Source) -> list[tuple[str, str, str]]:
     return [cases[case] for case in sorted(cases)]
 
 
-def case_id(name: str) -> str:
-    """The last number in a file name: `imagesTr/lung_036.nii.gz` -> `036` (else the stem)."""
-    stem = posixpath.basename(name).split(".")[0]
-    numbers = re.findall(r"\d+", stem)
-    return numbers[-1] if numbers else stem.replace("_", "-")
-
-
-def to_display(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Reorder a volume to (row, column, slice) as radiologists view axial slices.
-
-    Rows run from the patient's anterior to posterior, columns from the patient's right to
-    left (nibabel orientation codes P, L); the axial axis keeps the file's direction, so slice
-    indices are the file's. The affine must pass `has_patient_axes`.
-    """
-    current = orientations.io_orientation(affine)
-    axial = int(np.flatnonzero(current[:, 0] == 2)[0])
-    target = np.array([[1, -1], [0, -1], [2, current[axial, 1]]])
-    return orientations.apply_orientation(volume, orientations.ornt_transform(current, target))
-
-
-def has_patient_axes(affine: np.ndarray) -> bool:
-    """Whether each voxel axis points along its own patient axis (no direction zero,
-    non-finite or shared with another axis), as `to_display` needs."""
-    if not np.isfinite(affine).all():
-        return False
-    return not np.isnan(orientations.io_orientation(affine)).any()
-
-
-def split_cases(cases: Sequence[str], fractions: Sequence[float], seed: int) -> dict:
-    """Shuffle cases with `seed` and cut them into train/valid/test by `fractions`.
-
-    Counts are rounded by largest remainder; with 3 or more cases every split with a
-    fraction above 0 gets at least one case.
-    """
-    order = [sorted(cases)[i] for i in np.random.default_rng(seed).permutation(len(cases))]
-    n = len(order)
-    counts = [int(f * n) for f in fractions]
-    by_remainder = sorted(range(3), key=lambda i: counts[i] - fractions[i] * n)
-    for i in by_remainder[: n - sum(counts)]:
-        counts[i] += 1
-    if n >= 3:
-        for i in (i for i in range(3) if fractions[i] > 0 and counts[i] == 0):
-            counts[counts.index(max(counts))] -= 1
-            counts[i] += 1
-    bounds = np.cumsum([0, *counts])
-    return {split: order[bounds[i] : bounds[i + 1]] for i, split in enumerate(SPLITS)}
-
-
 def convert_case(job: CaseJob) -> CaseResult:
     """Write the kept slices of one case as 8-bit PNG pairs in `job.folder/images|masks`."""
-    image, image_affine = _load(job.source, job.image)
-    label, label_affine = _load(job.source, job.label)
-    if image.shape != label.shape:
+    image = read_task_volume(job.source, job.image)
+    label = read_task_volume(job.source, job.label)
+    if image.data.shape != label.data.shape:
         return CaseResult(
             job.case,
-            problem=f"case {job.case}: image {job.source.where(job.image)} has shape "
-            f"{image.shape} but its label has {label.shape}",
+            problem=f"case {job.case}: image {image.where} has shape "
+            f"{image.data.shape} but its label has {label.data.shape}",
         )
-    for name, affine in ((job.image, image_affine), (job.label, label_affine)):
-        if not has_patient_axes(affine):
+    for volume in (image, label):
+        if not has_patient_axes(volume.affine):
             return CaseResult(
                 job.case,
-                problem=f"case {job.case}: {job.source.where(name)} has a degenerate affine "
+                problem=f"case {job.case}: {volume.where} has a degenerate affine "
                 "(its voxel axes do not point along three distinct patient axes)",
             )
-    image = to_display(image, image_affine)
-    mask = to_display(label, label_affine) > 0
+    display = to_display(image.data, image.affine)
+    mask = to_display(label.data, label.affine) > 0
     tumor = mask.any(axis=(0, 1))
     empty = np.flatnonzero(~tumor)
     rng = np.random.default_rng([job.seed, zlib.crc32(job.case.encode())])
@@ -280,16 +230,21 @@ def convert_case(job: CaseJob) -> CaseResult:
     chosen = np.union1d(np.flatnonzero(tumor), kept)
     for kind in ("images", "masks"):
         (job.folder / kind).mkdir(parents=True, exist_ok=True)
-    low, high = job.window
+    size = (job.size, job.size)
     for index in chosen:
         name = f"{job.case}_{index}.png"
-        grey = (np.clip(image[:, :, index], low, high) - low) * (255.0 / (high - low))
-        _resized(grey.astype(np.float32), job.size, Image.Resampling.BILINEAR).save(
+        slice_image = display_slice(display, index, job.window)
+        Image.fromarray(resize_image(slice_image[..., None], size)[..., 0]).save(
             job.folder / "images" / name
         )
         binary = mask[:, :, index].astype(np.uint8) * 255
-        _resized(binary, job.size, Image.Resampling.NEAREST).save(job.folder / "masks" / name)
+        Image.fromarray(resize_labels(binary, size)).save(job.folder / "masks" / name)
     return CaseResult(job.case, slices=len(chosen), dropped=len(empty) - len(kept))
+
+
+def read_task_volume(task: Source, name: str) -> Volume:
+    """A 3D NIfTI volume from the task folder or archive."""
+    return volume_from_bytes(task.read(name), task.where(name))
 
 
 def _check_settings(window, size, keep_empty, split, mini_test, workers) -> dict:
@@ -322,7 +277,7 @@ def _check_output(output: Path, overwrite: bool) -> None:
     check_output_folder(
         output, [f"{name}/{kind}" for name in (*SPLITS, MINI_TEST) for kind in ("images", "masks")]
     )
-    found = [name for name in (*SPLITS, MINI_TEST, *STATISTICS_FILES) if (output / name).exists()]
+    found = [name for name in (*SPLITS, MINI_TEST, *DATASET_FILES) if (output / name).exists()]
     if found and not overwrite:
         raise UserError(
             f"{output}: already holds a dataset ({', '.join(found)}); "
@@ -358,12 +313,14 @@ def _results(jobs: list[CaseJob], workers: int) -> Iterator[Iterator[CaseResult]
         pool.shutdown(cancel_futures=True)
 
 
-def _arrange(staging: Path, results: list[CaseResult], split, seed: int, mini_test: int) -> None:
-    """Move each case's slices into its split, and copy a seeded sample of test slices."""
+def _arrange(staging: Path, results: list[CaseResult], split, seed: int, mini_test: int) -> dict:
+    """Move each case's slices into its split, and copy a seeded sample of test slices;
+    return the case ids of each split."""
     written = [result.case for result in results if result.slices]
     if not written:
         raise UserError("no slice with a tumor in any case; check the labels, or use --keep-empty")
-    for name, cases in split_cases(written, split, seed).items():
+    splits = split_cases(written, split, seed)
+    for name, cases in splits.items():
         for kind in ("images", "masks"):
             (staging / name / kind).mkdir(parents=True)
             for case in cases:
@@ -376,6 +333,7 @@ def _arrange(staging: Path, results: list[CaseResult], split, seed: int, mini_te
         for index in sorted(picked):
             name = tests[index]
             shutil.copyfile(staging / "test" / kind / name, staging / MINI_TEST / kind / name)
+    return splits
 
 
 def _install(staging: Path, output: Path) -> None:
@@ -387,7 +345,7 @@ def _install(staging: Path, output: Path) -> None:
                 path.unlink()
             _remove_if_empty(output / name / kind)
         _remove_if_empty(output / name)
-    for name in (*SPLITS, MINI_TEST, *STATISTICS_FILES):
+    for name in (*SPLITS, MINI_TEST, *DATASET_FILES):
         _move(staging / name, output / name)
 
 
@@ -415,51 +373,3 @@ def _tar_members(path: Path) -> frozenset[str]:
             "corrupt: download it again, or give the extracted folder"
         ) from None
     return frozenset(n for n in names if not posixpath.basename(n).startswith("._"))
-
-
-def _load(task: Source, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(3D voxel array, affine) of a NIfTI file given as bytes, gzipped or not."""
-    data = task.read(name)
-    try:
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-        with _nibabel_silenced():
-            image = nib.Nifti1Image.from_bytes(data)
-        volume = np.asanyarray(image.dataobj)
-    except (
-        OSError,
-        EOFError,
-        zlib.error,
-        ValueError,
-        ImageFileError,
-        HeaderDataError,
-        WrapStructError,
-    ) as exc:
-        raise UserError(
-            f"{task.where(name)}: not a readable NIfTI file ({exc}); it may be truncated or "
-            "corrupt: download it again"
-        ) from None
-    if volume.ndim != 3:
-        raise UserError(f"{task.where(name)}: {volume.ndim}D volume; need a 3D CT volume")
-    return volume, image.affine
-
-
-@contextlib.contextmanager
-def _nibabel_silenced() -> Iterator[None]:
-    """Keep nibabel from logging header problems on stderr: they come back as one UserError."""
-    level = nibabel_logger.level
-    nibabel_logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        nibabel_logger.setLevel(level)
-
-
-def _resized(plane: np.ndarray, size: int, resample: Image.Resampling) -> Image.Image:
-    """A size x size 8-bit grey image of a 2D array (float images or uint8 masks)."""
-    resized = np.asarray(
-        Image.fromarray(np.ascontiguousarray(plane)).resize((size, size), resample)
-    )
-    if resized.dtype != np.uint8:
-        resized = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
-    return Image.fromarray(resized)

@@ -16,15 +16,10 @@ from PIL import Image
 
 from ..errors import UserError
 from ..progress import track
+from .cases import SPLITS, case_of
 
-SPLITS = ("train", "valid", "test")
 MINI_TEST = "mini_test"
 STATISTICS_FILES = ("statistics.json", "statistics.png")
-
-
-def case_of(path: str | Path) -> str:
-    """The patient a slice belongs to: the file-name part before the first underscore."""
-    return Path(path).stem.split("_", 1)[0]
 
 
 def dataset_statistics(folder: Path) -> dict:

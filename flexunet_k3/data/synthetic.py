@@ -12,18 +12,16 @@ superior, with the matching affine.
 
 from __future__ import annotations
 
-import gzip
 import json
-import os
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from ..errors import UserError
+from ..files import check_output_folder, staged, write_text
 from ..progress import track
-from ..run_folder import check_output_folder, staged
+from .nifti import write_volume
 
 HU = {
     "air": -1000.0,
@@ -80,10 +78,10 @@ def write_synthetic_dataset(
             (staging / folder).mkdir()
         for index, case in enumerate(track(ids, "synthetic CT", total=cases)):
             image, label, affine = phantom_case(np.random.default_rng([seed, index]), size, slices)
-            _write_nifti(staging / "imagesTr" / f"lung_{case}.nii.gz", image, affine)
-            _write_nifti(staging / "labelsTr" / f"lung_{case}.nii.gz", label, affine)
+            write_volume(staging / "imagesTr" / f"lung_{case}.nii.gz", image, affine)
+            write_volume(staging / "labelsTr" / f"lung_{case}.nii.gz", label, affine)
     text = json.dumps(_dataset_json(ids), indent=4) + "\n"  # last: the set is complete
-    _write_atomic(output / "dataset.json", text.encode())
+    write_text(output / "dataset.json", text)
     return ids
 
 
@@ -285,18 +283,3 @@ def _dataset_json(ids: list[str]) -> dict:
         ],
         "test": [],
     }
-
-
-def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
-    """Write a gzipped NIfTI-1 with qform and sform set; no time stamp, so bytes are repeatable."""
-    image = nib.Nifti1Image(data, affine)
-    image.header.set_xyzt_units("mm", "sec")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    path.write_bytes(gzip.compress(image.to_bytes(), compresslevel=1, mtime=0))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)

@@ -1,0 +1,88 @@
+"""Cases (patients): the one rule that names them, the split by patient, and its record.
+
+A slice file `{case}_{slice}.png` belongs to case `{case}` (the part before the first
+underscore); a Decathlon volume `lung_036.nii.gz` is case `036`. `prepare msd` splits cases,
+never slices, and records the split in the dataset's `splits.json`, so whole-volume inference
+and evaluation can find the held-out patients in the source again.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..files import write_json
+
+SPLITS = ("train", "valid", "test")
+SPLITS_FILE = "splits.json"
+
+
+def case_of(path: str | Path) -> str:
+    """The patient a slice belongs to: the file-name part before the first underscore."""
+    return Path(path).stem.split("_", 1)[0]
+
+
+def case_id(name: str) -> str:
+    """The last number in a file name: `imagesTr/lung_036.nii.gz` -> `036` (else the stem)."""
+    stem = posixpath.basename(name).split(".")[0]
+    numbers = re.findall(r"\d+", stem)
+    return numbers[-1] if numbers else stem.replace("_", "-")
+
+
+def split_cases(cases: Sequence[str], fractions: Sequence[float], seed: int) -> dict:
+    """Shuffle cases with `seed` and cut them into train/valid/test by `fractions`.
+
+    Counts are rounded by largest remainder; with 3 or more cases every split with a
+    fraction above 0 gets at least one case.
+    """
+    order = [sorted(cases)[i] for i in np.random.default_rng(seed).permutation(len(cases))]
+    n = len(order)
+    counts = [int(f * n) for f in fractions]
+    by_remainder = sorted(range(3), key=lambda i: counts[i] - fractions[i] * n)
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    if n >= 3:
+        for i in (i for i in range(3) if fractions[i] > 0 and counts[i] == 0):
+            counts[counts.index(max(counts))] -= 1
+            counts[i] += 1
+    bounds = np.cumsum([0, *counts])
+    return {split: order[bounds[i] : bounds[i + 1]] for i, split in enumerate(SPLITS)}
+
+
+def write_splits(folder: Path, source: Path, splits: dict, files: dict, window) -> None:
+    """splits.json: the source read, the HU window, each split's case ids and each case's
+    image and label (paths inside the source's task folder)."""
+    write_json(folder / SPLITS_FILE, {
+        "source": str(Path(source).resolve()),
+        "window": list(window),
+        "splits": {split: sorted(splits[split]) for split in SPLITS},
+        "files": {case: files[case] for case in sorted(files)},
+    })
+
+
+def read_splits(dataset: Path) -> dict:
+    """The split record of a dataset folder written by `prepare msd`."""
+    path = Path(dataset) / SPLITS_FILE
+    if not path.is_file():
+        raise UserError(
+            f"{path}: not found; the dataset was not made by this version's `flexunet prepare "
+            "msd`: prepare it again to record which patients went to which split"
+        )
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        cases = record["splits"]["test"]
+        paths = [record["files"][case] for case in cases]
+        if not (isinstance(record["source"], str) and all("image" in p and "label" in p
+                                                          for p in paths)):
+            raise TypeError("source is not a path or a case has no image/label")
+        window = tuple(float(v) for v in record["window"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise UserError(f"{path}: not a split record ({type(exc).__name__}: {exc}); "
+                        "prepare the dataset again") from None
+    return {**record, "window": window}

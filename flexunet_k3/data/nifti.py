@@ -1,0 +1,174 @@
+"""NIfTI volumes in one place: read (a file, or bytes from an archive), write a map over its
+source (same shape, affine, qform and sform), turn to the radiological view and back, window
+Hounsfield units to 8-bit. `prepare msd`, `prepare synthetic` and volume inference share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import logging
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations
+from nibabel.filebasedimages import ImageFileError
+from nibabel.imageglobals import logger as nibabel_logger
+from nibabel.spatialimages import HeaderDataError
+from nibabel.wrapstruct import WrapStructError
+
+from ..errors import UserError
+
+SUFFIXES = (".nii.gz", ".nii")
+_READ_ERRORS = (
+    OSError, EOFError, zlib.error, ValueError, ImageFileError, HeaderDataError, WrapStructError
+)
+
+
+@dataclass
+class Volume:
+    """A 3D NIfTI volume: voxels as stored (axes in the file's order), its affine and header."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    where: str  # a path, or `archive.tar:member`, for messages
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the three voxel axes (the header's zooms)."""
+        return tuple(float(z) for z in self.header.get_zooms()[:3])
+
+
+def is_nifti(name: str) -> bool:
+    return name.lower().endswith(SUFFIXES)
+
+
+def nifti_stem(name: str) -> str:
+    """`lung_001.nii.gz` -> `lung_001`."""
+    for suffix in SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_volume(path: Path) -> Volume:
+    """A 3D volume from a `.nii` or `.nii.gz` file; a UserError if it is anything else."""
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "a special file" if path.exists() else "not found"
+        raise UserError(f"{path}: {kind}; give a .nii or .nii.gz file")
+    return _volume(lambda: nib.load(path), str(path))
+
+
+def volume_from_bytes(data: bytes, where: str) -> Volume:
+    """A 3D volume from the bytes of a NIfTI-1 file, gzipped or not (a member of an archive)."""
+
+    def load():
+        raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+        return nib.Nifti1Image.from_bytes(raw)
+
+    return _volume(load, where)
+
+
+def _volume(load, where: str) -> Volume:
+    try:
+        with _nibabel_silenced():
+            image = load()
+            if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+                raise ImageFileError(f"a {type(image).__name__}, not NIfTI")
+            volume = np.asanyarray(image.dataobj)
+    except _READ_ERRORS as exc:
+        raise UserError(
+            f"{where}: not a readable NIfTI file ({str(exc).strip()[:150]}); it may be truncated "
+            "or corrupt"
+        ) from None
+    if volume.ndim != 3:
+        raise UserError(f"{where}: {volume.ndim}D volume of shape {volume.shape}; need a 3D one")
+    if volume.dtype.kind not in "iufb":
+        raise UserError(f"{where}: voxels of type {volume.dtype}; need real numbers (CT or labels)")
+    return Volume(volume, image.affine, image.header, where)
+
+
+def write_volume(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+    """Write a gzipped NIfTI-1 with qform and sform set; no time stamp, so bytes are repeatable."""
+    image = nib.Nifti1Image(data, affine)
+    image.header.set_xyzt_units("mm", "sec")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    path.write_bytes(gzip.compress(image.to_bytes(), compresslevel=1, mtime=0))
+
+
+def write_like(path: Path, data: np.ndarray, source: Volume, scale: float | None = None) -> None:
+    """Write `data` (the source's voxel grid, any trailing axes) with the source's affine, qform
+    and sform, so a viewer lays it over the source; `scale` is stored as scl_slope (uint8
+    probabilities 0..255 read back as 0..1)."""
+    image = nib.Nifti1Image(data, source.affine)
+    image.header.set_xyzt_units(*source.header.get_xyzt_units())
+    for getter, setter in (("get_qform", image.set_qform), ("get_sform", image.set_sform)):
+        affine, code = getattr(source.header, getter)(coded=True)
+        setter(source.affine if affine is None else affine, code=int(code))
+    image.header.set_slope_inter(scale if scale is not None else 1.0, 0.0)
+    nib.save(image, path)
+
+
+def has_patient_axes(affine: np.ndarray) -> bool:
+    """Whether each voxel axis points along its own patient axis (no direction zero,
+    non-finite or shared with another axis), as `to_display` needs."""
+    if not np.isfinite(affine).all():
+        return False
+    return not np.isnan(orientations.io_orientation(affine)).any()
+
+
+def _display_transform(affine: np.ndarray) -> np.ndarray:
+    """The orientation transform from the file's voxel axes to (row, column, slice)."""
+    current = orientations.io_orientation(affine)
+    axial = int(np.flatnonzero(current[:, 0] == 2)[0])
+    target = np.array([[1, -1], [0, -1], [2, current[axial, 1]]])
+    return orientations.ornt_transform(current, target)
+
+
+def to_display(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """A view of a volume as (row, column, slice, ...), as radiologists view axial slices.
+
+    Rows run from the patient's anterior to posterior, columns from the patient's right to
+    left (nibabel orientation codes P, L); the axial axis keeps the file's direction, so slice
+    indices are the file's. The affine must pass `has_patient_axes`. Writing into the view
+    writes into `volume`.
+    """
+    return orientations.apply_orientation(volume, _display_transform(affine))
+
+
+def from_display(display: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The inverse of `to_display`: a view of (row, column, slice, ...) in the file's order."""
+    inverse = np.empty((3, 2))
+    for axis, (target, flip) in enumerate(_display_transform(affine)):
+        inverse[int(target)] = (axis, flip)  # display axis `target` goes back to `axis`
+    return orientations.apply_orientation(display, inverse)
+
+
+def display_slice(display: np.ndarray, index: int, window: tuple[float, float]) -> np.ndarray:
+    """Axial slice `index` of a `to_display` view as the uint8 (h, w) image that training
+    sees, at the volume's own size (prepare msd and volume inference both take it here)."""
+    return window_to_uint8(np.ascontiguousarray(display[:, :, index]), window)
+
+
+def window_to_uint8(plane: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Hounsfield units clipped to `window` = (low, high) and scaled to 0..255, rounded."""
+    low, high = window
+    grey = (np.clip(plane.astype(np.float32), low, high) - low) * np.float32(255.0 / (high - low))
+    return np.rint(grey).astype(np.uint8)
+
+
+@contextlib.contextmanager
+def _nibabel_silenced() -> Iterator[None]:
+    """Keep nibabel from logging header problems on stderr: they come back as one UserError."""
+    level = nibabel_logger.level
+    nibabel_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        nibabel_logger.setLevel(level)

@@ -1,0 +1,101 @@
+"""Writing files safely: atomic replacement, staged output folders, JSON and text.
+
+Every command writes through these, so an error or Ctrl-C never leaves a half-written file.
+Importing this module does not import keras.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from flexunet_k3.errors import UserError
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; once written, it replaces `path` (os.replace).
+
+    A crash or Ctrl-C while writing leaves the old file whole and removes the temporary one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
+                                    dir=path.parent)
+    os.close(handle)
+    temporary = Path(name)  # a unique name: two writers never share it
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def staged(folder: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `folder`; after the block, move the files written there
+    into `folder` (replacing those of the same name).
+
+    An error or Ctrl-C inside the block leaves `folder` as it was; the temporary folder (only
+    ever the one made here, never `folder`) is removed either way.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(
+        prefix=f".{folder.name}.", dir=folder.parent, ignore_cleanup_errors=True
+    ) as temporary:
+        staging = Path(temporary)
+        yield staging
+        for written in sorted(path for path in staging.rglob("*") if path.is_file()):
+            target = folder / written.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(written, target)
+
+
+def check_output_folder(output: Path, folders: Sequence[str] = ()) -> None:
+    """Refuse, before any work, an output that is a file or lies under one, or that holds a
+    file where one of `folders` (paths relative to it) goes."""
+    for folder in (output, *(output / name for name in folders)):
+        for path in (folder, *folder.parents):
+            if path.exists() and not path.is_dir():
+                raise UserError(
+                    f"{path}: is a file, not a folder; choose another output or move the file"
+                )
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically."""
+    with replacing(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, data) -> None:
+    """Write a JSON file atomically (NaN and infinities written as null)."""
+    write_text(path, json.dumps(_finite_or_none(data), indent=2) + "\n")
+
+
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
+def refuse_overwriting(folder: Path, names: Sequence[str], overwrite: bool) -> None:
+    """Refuse, before any work, to replace files already in `folder` under `names` (paths
+    relative to it) unless `overwrite`: they may be a user's own."""
+    if overwrite:
+        return
+    found = [name for name in names if (folder / name).exists()]
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise UserError(
+            f"{folder}: already holds {shown}; pass --overwrite to replace "
+            f"{'it' if len(found) == 1 else 'them'}, or choose another --output"
+        )

@@ -1,0 +1,138 @@
+"""Models in one place: build and compile, load a trained one (checked against the config, in
+its precision), save atomically. Training, evaluation, inference and benchmark go through it.
+
+Importing it imports keras and registers the custom losses and metrics that saved models name.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from pathlib import Path
+
+import keras
+
+from flexunet_k3.config import Config, OptimizerConfig
+from flexunet_k3.errors import UserError, first_line
+from flexunet_k3.files import replacing
+from flexunet_k3.losses import get_loss
+from flexunet_k3.metrics import segmentation_metrics
+from flexunet_k3.models import build_model
+
+JIT = {"auto": "auto", "on": True, "off": False}  # train.jit -> keras' jit_compile
+
+
+def make_optimizer(config: OptimizerConfig) -> keras.optimizers.Optimizer:
+    """Adam, AdamW or SGD with the configured learning rate and gradient clipping."""
+    common = {
+        "learning_rate": config.learning_rate,
+        "clipvalue": config.clipvalue,
+        "clipnorm": config.clipnorm,
+    }
+    if config.name == "adam":
+        return keras.optimizers.Adam(**common)
+    if config.name == "adamw":
+        weight_decay = 0.004 if config.weight_decay is None else config.weight_decay
+        return keras.optimizers.AdamW(weight_decay=weight_decay, **common)
+    return keras.optimizers.SGD(momentum=config.momentum, **common)
+
+
+def compile_model(config: Config) -> keras.Model:
+    """A new model compiled with the configured optimizer, loss and segmentation metrics."""
+    model = build_model(config.model)
+    model.compile(
+        optimizer=make_optimizer(config.optimizer),
+        loss=get_loss(config.train.loss),
+        metrics=segmentation_metrics([spec.name for spec in config.data.classes]),
+        jit_compile=JIT[config.train.jit],
+    )
+    return model
+
+
+def load_trained_model(path: Path, config: Config, *, compile: bool = False):
+    """A model saved by `flexunet train` (safe mode), checked against the config's shapes;
+    uncompiled, it comes in the config's train.precision and train.jit, ready to predict."""
+    if not path.is_file():
+        raise UserError(f"{path}: no trained model here; run `flexunet train` first")
+    model = _read_model_file(path, compile)
+    expected = ((config.model.image_height, config.model.image_width,
+                 config.model.image_channels), config.model.num_classes)
+    found = _signature(model)
+    if found != expected:
+        raise UserError(
+            f"{path}: this model takes {_describe(found)} but the config says "
+            f"{_describe(expected)}; use the config the model was trained with"
+        )
+    return model if compile else as_configured(model, config)
+
+
+def save_model(model, path: Path) -> None:
+    """Save a keras model to a .keras file atomically, staging its weights on disk.
+
+    Keras' own .keras writer buffers the whole weights file, optimizer state included, in
+    memory: for the lung model that is 1.5 GB more at every checkpoint. This writes the same
+    archive (config.json, metadata.json, model.weights.h5) from an unzipped save instead.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        tempfile.TemporaryDirectory(dir=path.parent, prefix=".saving-") as staging,
+        replacing(path) as temporary,
+    ):
+        folder = Path(staging) / "model"
+        model.save(folder, zipped=False)
+        with zipfile.ZipFile(temporary, "w") as archive:
+            for file in sorted(folder.rglob("*")):
+                if file.is_file():
+                    archive.write(file, file.relative_to(folder).as_posix())
+
+
+def as_configured(model, config: Config):
+    """`model` for prediction under the config's train.precision and train.jit.
+
+    A saved model keeps the precision it was trained with; another one is built from the config
+    under the asked precision and given the saved weights (stored in float32 either way).
+    """
+    precision = config.train.precision
+    first = next(layer for layer in model.layers if layer.weights)
+    if first.dtype_policy.name != precision:
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(precision)
+        try:
+            rebuilt = build_model(config.model)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+        rebuilt.set_weights(model.get_weights())
+        model = rebuilt
+    if config.train.jit != "auto":  # "auto" stays Keras' choice per backend (no torch.compile)
+        model.jit_compile = JIT[config.train.jit]
+    return model
+
+
+def _read_model_file(path: Path, compile: bool):
+    """keras.saving.load_model, any failure a one-line UserError."""
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a truncated one
+        reason = "not a whole .keras zip archive: truncated, or another kind of file"
+    else:
+        try:
+            return keras.saving.load_model(path, compile=compile, safe_mode=True)
+        except Exception as exc:  # a corrupt or foreign file fails in many ways
+            reason = first_line(exc, typed=True)
+    raise UserError(
+        f"{path}: cannot load this model ({reason}); it is damaged or not a flexunet model: "
+        "train again or point to another run"
+    )
+
+
+def _signature(model) -> tuple | None:
+    """((height, width, channels), classes) of a one-input, one-output image model."""
+    inputs, outputs = getattr(model, "inputs", None) or [], getattr(model, "outputs", None) or []
+    if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
+        return None
+    return tuple(inputs[0].shape[1:]), outputs[0].shape[-1]
+
+
+def _describe(signature: tuple | None) -> str:
+    if signature is None:
+        return "something other than one image in and one mask out"
+    (height, width, channels), classes = signature
+    return f"{height}x{width}x{channels} images and {classes} output classes"

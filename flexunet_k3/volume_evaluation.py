@@ -1,0 +1,159 @@
+"""Whole-volume evaluation (README, "Whole-volume scores"): label NIfTIs scored per patient and
+per foreground class against ground truth, in mm from the header's voxel spacing.
+
+Reports: `evaluation_volumes.csv` (a row per volume and class) and `evaluation_volumes.json`
+(mean, std and median of each score, with how many volumes were counted and left out).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flexunet_k3.config import Config
+from flexunet_k3.data.nifti import Volume
+from flexunet_k3.errors import UserError
+from flexunet_k3.files import refuse_overwriting, write_json, write_text
+from flexunet_k3.progress import track
+from flexunet_k3.volume_inference import VolumeInput, segment_volume, volumes_at
+from flexunet_k3.volume_scores import score_volume, summarize
+
+SCORES = ("dice", "iou", "precision", "recall", "hd95", "surface_dice")
+REPORT_FILES = ("evaluation_volumes.csv", "evaluation_volumes.json")
+AFFINE_TOLERANCE = 1e-4  # mm
+
+
+@dataclass
+class VolumeReport:
+    rows: list[dict]
+    summary: dict
+
+
+def label_map(volume: Volume, classes: int, role: str) -> np.ndarray:
+    """The volume's voxels as class ids 0..classes-1; refused if any voxel is no class."""
+    data = volume.data
+    if data.dtype.kind == "f":
+        if not np.isfinite(data).all() or (data != np.round(data)).any():
+            raise UserError(f"{volume.where}: {role} holds values that are not whole numbers; "
+                            "give a label map of class ids")
+    low, high = data.min(), data.max()
+    if low < 0 or high >= classes:
+        raise UserError(f"{volume.where}: {role} holds values {low:g}..{high:g} but the classes "
+                        f"are 0..{classes - 1}; give a label map of class ids (data.classes)")
+    return data.astype(np.uint8)
+
+
+def check_same_grid(prediction: Volume, truth: Volume) -> None:
+    """Refuse a prediction and a label whose voxel grids differ (shape or affine)."""
+    if prediction.data.shape != truth.data.shape:
+        raise UserError(f"{prediction.where}: shape {prediction.data.shape} but its label "
+                        f"{truth.where} has {truth.data.shape}; predict on the labelled volume")
+    if not np.allclose(prediction.affine, truth.affine, rtol=0, atol=AFFINE_TOLERANCE):
+        raise UserError(f"{prediction.where}: its affine differs from its label's "
+                        f"({truth.where}); they do not lie on the same voxel grid")
+
+
+def score_case(name: str, prediction: np.ndarray, truth: Volume, class_names: Sequence[str],
+               tolerance_mm: float) -> list[dict]:
+    """One row per foreground class of one volume."""
+    labels = label_map(truth, len(class_names), "the label")
+    return [
+        {"case": name, "class": class_names[class_id],
+         **score_volume(labels, prediction, class_id, truth.spacing, tolerance_mm)}
+        for class_id in range(1, len(class_names))
+    ]
+
+
+def evaluate_volume_files(predictions: Path, labels: Path, class_names: Sequence[str],
+                          tolerance_mm: float) -> VolumeReport:
+    """Score label NIfTIs (a file or folder) against ground truth paired by name."""
+    truths = {item.name: item for item in volumes_at(labels)}
+    found = volumes_at(predictions)
+    missing = [item.name for item in found if item.name not in truths]
+    if missing:
+        raise UserError(f"{labels}: no label for {', '.join(missing[:3])}"
+                        f"{' and more' if len(missing) > 3 else ''}; labels pair with "
+                        "predictions by file name")
+    rows = []
+    for item in track(found, "scoring volumes", total=len(found)):
+        prediction, truth = item.read(), truths[item.name].read()
+        check_same_grid(prediction, truth)
+        predicted = label_map(prediction, len(class_names), "the prediction")
+        rows += score_case(item.name, predicted, truth, class_names, tolerance_mm)
+    return VolumeReport(rows, _summary(rows, class_names, tolerance_mm))
+
+
+def evaluate_held_out(model, config: Config, inputs: list[VolumeInput],
+                      window: tuple[float, float], tolerance_mm: float) -> VolumeReport:
+    """Segment each held-out volume with `model` and score it against its label."""
+    class_names = [spec.name for spec in config.data.classes]
+    rows = []
+    for item in track(inputs, "evaluating volumes", total=len(inputs)):
+        volume = item.read()
+        predicted, _ = segment_volume(model, volume, config, window)
+        truth = item.label()
+        if truth.data.shape != volume.data.shape:
+            raise UserError(f"{truth.where}: shape {truth.data.shape} but its image has "
+                            f"{volume.data.shape}")
+        rows += score_case(item.name, predicted, truth, class_names, tolerance_mm)
+    return VolumeReport(rows, _summary(rows, class_names, tolerance_mm))
+
+
+def _summary(rows: list[dict], class_names: Sequence[str], tolerance_mm: float) -> dict:
+    if not rows:
+        raise UserError("nothing to evaluate: no volumes were scored")
+    return {
+        "volumes": len({row["case"] for row in rows}),
+        "tolerance_mm": tolerance_mm,
+        "hd95": "max of the two directed 95th percentiles of border distances (MONAI)",
+        "classes": {
+            name: summarize([row for row in rows if row["class"] == name], SCORES)
+            for name in class_names[1:]
+        },
+    }
+
+
+def write_volume_report(report: VolumeReport, folder: Path, overwrite: bool) -> None:
+    refuse_overwriting(folder, REPORT_FILES, overwrite)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(report.rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in report.rows:
+        writer.writerow({key: _cell(value) for key, value in row.items()})
+    write_text(folder / REPORT_FILES[0], buffer.getvalue())
+    write_json(folder / REPORT_FILES[1], report.summary)
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6f}"
+    return value
+
+
+def summary_rows(summary: dict) -> list[tuple[str, str, str, str]]:
+    """(metric, mean, median, counted) rows for a table."""
+    rows = []
+    for name, stats in summary["classes"].items():
+        for key in SCORES:
+            s = stats[key]
+            counted = f"{s['counted']} volumes"
+            if s["both_empty"]:
+                counted += f"; {s['both_empty']} both empty, left out"
+            if s["not_finite"]:
+                counted += f"; {s['not_finite']} with one side empty, left out"
+            unit = " (mm)" if key == "hd95" else ""
+            rows.append((f"{name} {key}{unit}", _number(s["mean"], s["std"]),
+                         _number(s["median"]), counted))
+    return rows
+
+
+def _number(value: float, std: float | None = None) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:.4f}" + (f" ± {std:.4f}" if std is not None else "")
