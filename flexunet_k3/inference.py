@@ -15,8 +15,13 @@ from PIL import Image
 
 from flexunet_k3 import scores
 from flexunet_k3.config import Config
-from flexunet_k3.data.dataset import to_float
-from flexunet_k3.data.images import list_images, read_image, resize_image, resize_probabilities
+from flexunet_k3.data.images import (
+    list_images,
+    read_image,
+    resize_image,
+    resize_probabilities,
+    to_float,
+)
 from flexunet_k3.data.masks import labels_to_palette_image
 from flexunet_k3.errors import UserError
 from flexunet_k3.files import refuse_overwriting, staged

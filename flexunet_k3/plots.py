@@ -1,4 +1,6 @@
-"""Training curves in the original's format: eval/train_losses.csv, train_metrics.csv and plots."""
+"""Training curves: eval/train_losses.csv and train_metrics.csv in the original's format, and
+eval/train_foreground.csv, the foreground Dice per class (train and valid) that the original's
+background-inclusive metric hides; each with its PNG plot."""
 
 from __future__ import annotations
 
@@ -10,11 +12,19 @@ CURVES = {
     "train_losses": ("loss", "val_loss"),
     "train_metrics": ("dice_coef_multiclass", "val_dice_coef_multiclass"),
 }
+FOREGROUND = "train_foreground"
+CURVE_NAMES = (*CURVES, FOREGROUND)
+
+
+def foreground_keys(history: dict[str, list[float]]) -> tuple[str, ...]:
+    """The per-class foreground Dice columns (dice_tumor, val_dice_tumor, ...)."""
+    names = [key for key in history if key.startswith("dice_") and key != "dice_coef_multiclass"]
+    return tuple(key for name in names for key in (name, f"val_{name}"))
 
 
 def write_curves(history: dict[str, list[float]], eval_dir: Path) -> None:
-    """(Re)write both CSVs (`epoch,loss,val_loss`, epochs from 1) and their PNG plots."""
-    for name, keys in CURVES.items():
+    """(Re)write the CSVs (`epoch,loss,val_loss`, epochs from 1) and their PNG plots."""
+    for name, keys in {**CURVES, FOREGROUND: foreground_keys(history)}.items():
         columns = {key: history.get(key, []) for key in keys}
         lines = ["epoch," + ",".join(keys)]
         for epoch, values in enumerate(zip(*columns.values(), strict=True), 1):

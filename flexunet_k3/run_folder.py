@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 from flexunet_k3.config import Config, ModelConfig, load_config, validation_message
 from flexunet_k3.errors import UserError
 from flexunet_k3.files import write_json
+from flexunet_k3.plots import CURVE_NAMES
 
 EVALUATION_FILES = (
     "evaluation.csv", "evaluation.json", "evaluation_per_image.csv", "evaluation_per_case.csv"
@@ -61,8 +62,7 @@ class RunFolder:
     def training_outputs(self) -> list[Path]:
         """Our files from an earlier run that exist now (what --overwrite replaces)."""
         fixed = [self.best, self.last, self.history]
-        curves = [self.eval_dir / f"train_{kind}.{ext}"
-                  for kind in ("losses", "metrics") for ext in ("csv", "png")]
+        curves = [self.eval_dir / f"{name}.{ext}" for name in CURVE_NAMES for ext in ("csv", "png")]
         evaluation = [self.root / name for name in EVALUATION_FILES]
         epoch_images = [
             *self.epoch_infer_dir.glob("Epoch_*.png"),

@@ -60,6 +60,9 @@ def volumes_at(path: Path) -> list[VolumeInput]:
         return _unique([VolumeInput(nifti_stem(p.name), lambda p=p: read_volume(p)) for p in files])
     if not path.exists():
         raise UserError(f"{path}: not found; give a NIfTI file, a folder of them or a task")
+    if not (path.is_file() or path.is_dir()):
+        raise UserError(f"{path}: a special file (device, pipe or socket); give a NIfTI file, "
+                        "a folder of them or a task")
     return _task_test_volumes(open_source(path))
 
 
@@ -70,6 +73,10 @@ def held_out_volumes(config: Config, source: Path | None = None) -> list[VolumeI
         raise UserError("data.dataset is not set: the held-out patients are recorded in the "
                         "dataset folder that `flexunet prepare msd` wrote")
     record = read_splits(config.data.dataset)
+    if source is None and not Path(record["source"]).exists():
+        raise UserError(f"{record['source']}: the source recorded in {config.data.dataset}/"
+                        "splits.json is gone; give the task's new place (infer --volumes, "
+                        "evaluate --source)")
     task = open_source(Path(source or record["source"]))
     inputs = []
     for case in record["splits"]["test"]:

@@ -34,6 +34,7 @@ def test_run_folder_is_complete_seeded_and_guarded(tmp_path, tiny_dataset):
         "config.yaml", "history.json", "models/best.keras", "models/last.keras",
         "eval/train_losses.csv", "eval/train_losses.png",
         "eval/train_metrics.csv", "eval/train_metrics.png",
+        "eval/train_foreground.csv", "eval/train_foreground.png",
         "epoch_change_infer/mosaic/Epoch_1.png", "epoch_change_infer/mosaic/Epoch_2.png",
     ):
         assert (run / name).is_file(), name
@@ -46,6 +47,9 @@ def test_run_folder_is_complete_seeded_and_guarded(tmp_path, tiny_dataset):
     assert row == pytest.approx([1, first.history["loss"][0], first.history["val_loss"][0]])
     metrics = (run / "eval" / "train_metrics.csv").read_text().splitlines()
     assert metrics[0] == "epoch,dice_coef_multiclass,val_dice_coef_multiclass"
+    foreground = (run / "eval" / "train_foreground.csv").read_text().splitlines()
+    assert foreground[0] == "epoch,dice_tumor,val_dice_tumor" and len(foreground) == 3
+    assert float(foreground[2].split(",")[2]) == pytest.approx(first.history["val_dice_tumor"][1])
     state = read_state(run)
     assert state["status"] == "completed" and state["epoch"] == 2
     assert state["history"]["learning_rate"][0] == pytest.approx(0.01)

@@ -17,17 +17,18 @@ import numpy as np
 
 from flexunet_k3.config import Config
 from flexunet_k3.data.augment import Augmenter
-from flexunet_k3.data.images import pair_files, read_image, resize_image, resize_labels
+from flexunet_k3.data.images import (
+    pair_files,
+    read_image,
+    resize_image,
+    resize_labels,
+    to_float,
+)
 from flexunet_k3.data.masks import read_mask, warn_off_color
 from flexunet_k3.errors import UserError
 from flexunet_k3.progress import track
 
 Size = tuple[int, int]
-
-
-def to_float(images: np.ndarray, normalize: bool) -> np.ndarray:
-    """uint8 images as float32: scaled to 0..1 when `normalize`, else kept at 0..255."""
-    return np.multiply(images, np.float32(1 / 255 if normalize else 1), dtype=np.float32)
 
 
 def load_pair(image_path: Path, mask_path: Path, size: Size, channels: int, colors):

@@ -41,6 +41,11 @@ def read_image(path: Path, channels: int) -> np.ndarray:
     return np.asarray(img).reshape(img.height, img.width, channels)
 
 
+def to_float(images: np.ndarray, normalize: bool) -> np.ndarray:
+    """uint8 images as float32: scaled to 0..1 when `normalize`, else kept at 0..255."""
+    return np.multiply(images, np.float32(1 / 255 if normalize else 1), dtype=np.float32)
+
+
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a uint8 (H, W, C) image to `size` = (height, width)."""
     if image.shape[:2] == tuple(size):
