@@ -96,10 +96,16 @@ def summary(config: ConfigOption, overrides: Overrides = None) -> None:
 
 
 def main() -> None:
-    """Console entry point: bad input (a usage error, a UserError, a file that cannot be
-    written or read) prints one line and exits 2; Ctrl-C prints "interrupted" and exits 130."""
+    """Console entry point: runs the command, then ends the process at once (`_exit`)."""
+    _exit(run(sys.argv[1:]))
+
+
+def run(args: list[str]) -> int:
+    """Run one command line; return its exit code. Bad input (a usage error, a UserError, a
+    file that cannot be written or read) prints one line and gives 2; Ctrl-C prints
+    "interrupted" and gives 130."""
     try:
-        code = app(args=_bare_volumes(sys.argv[1:]), standalone_mode=False)
+        code = app(args=_bare_volumes(args), standalone_mode=False)
     except (UserError, OSError) as exc:
         code = _fail(_one_line(exc))
     except (KeyboardInterrupt, typer.Abort):
@@ -114,7 +120,7 @@ def main() -> None:
             code = _fail(f"{exc.format_message().rstrip('.')} (see {exc.ctx.command_path} --help)")
     if code == 130:  # Ctrl-C (Typer turns it into exit code 130)
         errors.print("interrupted")
-    _exit(code if isinstance(code, int) else 0)
+    return code if isinstance(code, int) else 0
 
 
 def _bare_volumes(args: list[str]) -> list[str]:
