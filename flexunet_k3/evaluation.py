@@ -146,11 +146,12 @@ def write_report(report: Report, folder: Path) -> None:
     lines.append(f"dice_coef_multiclass,{summary['dice_coef_multiclass']:.4f}")
     write_text(folder / "evaluation.csv", "\n".join(lines) + "\n")
     write_json(folder / "evaluation.json", summary)
-    write_text(folder / "evaluation_per_image.csv", _csv(report.per_image))
-    write_text(folder / "evaluation_per_case.csv", _csv(report.per_case))
+    write_text(folder / "evaluation_per_image.csv", csv_text(report.per_image))
+    write_text(folder / "evaluation_per_case.csv", csv_text(report.per_case))
 
 
-def _csv(rows: list[dict]) -> str:
+def csv_text(rows: list[dict]) -> str:
+    """Rows as CSV text, floats with 6 decimals and NaN as an empty cell."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()

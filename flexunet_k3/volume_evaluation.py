@@ -7,8 +7,6 @@ Reports: `evaluation_volumes.csv` (a row per volume and class) and `evaluation_v
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ import numpy as np
 from flexunet_k3.config import Config
 from flexunet_k3.data.nifti import Volume
 from flexunet_k3.errors import UserError
+from flexunet_k3.evaluation import csv_text
 from flexunet_k3.files import refuse_overwriting, write_json, write_text
 from flexunet_k3.progress import track
 from flexunet_k3.volume_inference import VolumeInput, segment_volume, volumes_at
@@ -121,19 +120,8 @@ def _summary(rows: list[dict], class_names: Sequence[str], tolerance_mm: float) 
 
 def write_volume_report(report: VolumeReport, folder: Path, overwrite: bool) -> None:
     refuse_overwriting(folder, REPORT_FILES, overwrite)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(report.rows[0]), lineterminator="\n")
-    writer.writeheader()
-    for row in report.rows:
-        writer.writerow({key: _cell(value) for key, value in row.items()})
-    write_text(folder / REPORT_FILES[0], buffer.getvalue())
+    write_text(folder / REPORT_FILES[0], csv_text(report.rows))
     write_json(folder / REPORT_FILES[1], report.summary)
-
-
-def _cell(value):
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6f}"
-    return value
 
 
 def summary_rows(summary: dict) -> list[tuple[str, str, str, str]]:
