@@ -59,7 +59,9 @@ def train(
         bool, typer.Option(help="Continue the run in train.output_dir from models/last.keras.")
     ] = False,
     overwrite: Annotated[
-        bool, typer.Option(help="Replace an earlier run's files in train.output_dir.")
+        bool, typer.Option(help="Remove the earlier run's files in train.output_dir and replace "
+                           "others of the names train writes (not a config.yaml it did not "
+                           "write).")
     ] = False,
 ) -> None:
     """Train a model: checkpoints, curves, history and epoch-change masks in train.output_dir."""
@@ -99,14 +101,13 @@ def _after_ctrl_c(run: RunFolder, config: Path, overrides: list[str] | None) -> 
     return f"{run.last} holds epoch {state.epoch}; continue with: {shlex.join(command)} --resume"
 
 
-def _best_model(cfg: Config):
-    """(run folder, its models/best.keras), refused if the config's model section is not the
-    one the run was trained with."""
+def _best_model(run: RunFolder, cfg: Config):
+    """The run's models/best.keras, refused if the config's model section is not the one the
+    run was trained with."""
     from flexunet_k3.model_io import load_trained_model
 
-    run = RunFolder(cfg.train.output_dir)
     run.check_model(cfg, "use the config the run was trained with (its config.yaml)")
-    return run, load_trained_model(run.best, cfg)
+    return load_trained_model(run.best, cfg)
 
 
 Overwrite = Annotated[
@@ -170,7 +171,9 @@ def evaluate(
         cfg = load_config(config, overrides) if config is not None else Config()
         with _warnings_as_lines():
             report = evaluate_folders(predictions, masks, cfg.data.classes)
-        folder, owned = output or predictions / "evaluation", False
+        folder = output or predictions / "evaluation"
+        refuse_overwriting(folder, EVALUATION_FILES, overwrite)
+        write_report(report, folder)
     elif config is None:
         raise UserError("give --config (to score the trained model) or --predictions and --masks")
     else:
@@ -178,13 +181,18 @@ def evaluate(
             cfg = _start(config, overrides)
             from flexunet_k3.evaluation import evaluate_model
 
-            run, model = _best_model(cfg)
-            with _warnings_as_lines():
-                report = evaluate_model(model, cfg)
-        folder, owned = output or run.root, output is None  # the run's own evaluation files
-    if not owned:
-        refuse_overwriting(folder, EVALUATION_FILES, overwrite)
-    write_report(report, folder)
+            run = RunFolder(cfg.train.output_dir)
+            folder = output or run.root
+            with _warnings_as_lines(), run.locked_for(folder, "flexunet evaluate"):
+                ours = run.owned() if output is None else set()  # replaced without --overwrite
+                refuse_overwriting(
+                    folder, [name for name in EVALUATION_FILES if folder / name not in ours],
+                    overwrite,
+                )
+                report = evaluate_model(_best_model(run, cfg), cfg)
+                if output is None:
+                    run.claim(folder / name for name in EVALUATION_FILES)
+                write_report(report, folder)
     table = Table("metric", "value", "counted", title=f"evaluation ({report.summary['images']} "
                   f"images, {report.summary['cases']} cases)")
     for row in summary_rows(report.summary):
@@ -207,6 +215,7 @@ def _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, 
         report = ve.evaluate_volume_files(Path(volumes), labels,
                                           [spec.name for spec in cfg.data.classes], tolerance_mm)
         folder = output or Path(volumes) / "evaluation"
+        ve.write_volume_report(report, folder, overwrite)
     else:
         if labels is not None or config is None:
             raise UserError("--volumes alone scores the trained model on the held-out test "
@@ -218,10 +227,14 @@ def _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, 
 
             inputs = held_out_volumes(cfg, source)
             window = dataset_window(cfg)
-            run, model = _best_model(cfg)
-            report = ve.evaluate_held_out(model, cfg, inputs, window, tolerance_mm)
-        folder = output or run.root
-    ve.write_volume_report(report, folder, overwrite)
+            run = RunFolder(cfg.train.output_dir)
+            folder = output or run.root
+            with _warnings_as_lines(), run.locked_for(folder, "flexunet evaluate"):
+                model = _best_model(run, cfg)
+                report = ve.evaluate_held_out(model, cfg, inputs, window, tolerance_mm)
+                ve.write_volume_report(report, folder, overwrite)  # refuses before writing
+                if output is None:
+                    run.claim(folder / name for name in ve.REPORT_FILES)
     table = Table("metric", "mean ± std", "median", "counted",
                   title=f"whole-volume scores ({report.summary['volumes']} volumes, "
                   f"surface Dice at {tolerance_mm:g} mm)")
@@ -275,11 +288,11 @@ def infer(
         from flexunet_k3.inference import infer_folder
 
         images_dir = images or cfg.infer_images_dir()
-        run, model = _best_model(cfg)
+        run = RunFolder(cfg.train.output_dir)
         output_dir = output or cfg.infer.output_dir or run.infer_dir
-        with _warnings_as_lines():
+        with _warnings_as_lines(), run.locked_for(output_dir, "flexunet infer"):
             result = infer_folder(
-                model, cfg, images_dir, output_dir,
+                _best_model(run, cfg), cfg, images_dir, output_dir,
                 with_overlays=cfg.infer.overlay if overlay is None else overlay,
                 overwrite=overwrite,
             )
@@ -310,7 +323,7 @@ def _infer_volumes(config, overrides, volumes, split, images, probabilities, out
         run = RunFolder(cfg.train.output_dir)
         output_dir = output or cfg.infer.output_dir or run.volumes_dir
         window = dataset_window(cfg)
-        run, model = _best_model(cfg)
-        result = infer_volumes(model, cfg, inputs, output_dir, window=window,
-                               probabilities=probabilities, overwrite=overwrite)
+        with _warnings_as_lines(), run.locked_for(output_dir, "flexunet infer"):
+            result = infer_volumes(_best_model(run, cfg), cfg, inputs, output_dir, window=window,
+                                   probabilities=probabilities, overwrite=overwrite)
     _say(f"wrote {len(result.written)} label volumes to {result.output_dir}")

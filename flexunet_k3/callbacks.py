@@ -138,18 +138,20 @@ class RunRecorder(keras.callbacks.Callback):
 
 
 class EpochChangeInfer(keras.callbacks.Callback):
-    """Predicts a few images after each epoch: Epoch_{n}_{name}.png and mosaic/Epoch_{n}.png."""
+    """Predicts a few images after each epoch: Epoch_{n}_{name}.png and mosaic/Epoch_{n}.png
+    in the run's epoch_change_infer/, recorded as the run's before they are written."""
 
-    def __init__(self, paths: list[Path], config: Config, folder: Path):
+    def __init__(self, paths: list[Path], config: Config, run: RunFolder):
         super().__init__()
-        self.paths, self.config, self.folder = paths, config, folder
+        self.paths, self.config, self.run = paths, config, run
 
     def on_epoch_end(self, epoch, logs=None):
         if finite_loss(logs):
+            images = self.run.epoch_images(epoch + 1, [path.stem for path in self.paths])
+            self.run.claim(images)
             write_predictions(
-                self.model, self.paths, self.config, self.folder,
-                prefix=f"Epoch_{epoch + 1}_",
-                mosaic_path=self.folder / "mosaic" / f"Epoch_{epoch + 1}.png",
+                self.model, self.paths, self.config, self.run.epoch_infer_dir,
+                prefix=f"Epoch_{epoch + 1}_", mosaic_path=images[-1],
             )
 
 

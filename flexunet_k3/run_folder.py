@@ -1,24 +1,36 @@
-"""The run folder (README, "A run folder"): its file names and its state.
+"""The run folder (README, "A run folder"): its file names, the files it owns, its lock and
+its state.
 
-Importing this module does not import keras.
+The manifest (`.flexunet-run.json`) names the files flexunet wrote there; train replaces no
+other file without --overwrite, and --overwrite removes no other file. The lock
+(`.flexunet-run.lock`) keeps a second run out while one writes. Importing this module does not
+import keras.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from pydantic import TypeAdapter, ValidationError
 
 from flexunet_k3.config import Config, ModelConfig, load_config, validation_message
 from flexunet_k3.errors import UserError
-from flexunet_k3.files import write_json
+from flexunet_k3.files import check_output_folder, write_json
 from flexunet_k3.plots import CURVE_NAMES
 
 EVALUATION_FILES = (
     "evaluation.csv", "evaluation.json", "evaluation_per_image.csv", "evaluation_per_case.csv"
 )
+MANIFEST = ".flexunet-run.json"
+LOCK = ".flexunet-run.lock"
 
 
 @dataclass(frozen=True)
@@ -59,16 +71,113 @@ class RunFolder:
     def volumes_dir(self) -> Path:
         return self.root / "infer_volumes"
 
-    def training_outputs(self) -> list[Path]:
-        """Our files from an earlier run that exist now (what --overwrite replaces)."""
-        fixed = [self.best, self.last, self.history]
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK
+
+    def fixed_outputs(self) -> list[Path]:
+        """The files every training writes: config.yaml, models, history.json, the curves."""
         curves = [self.eval_dir / f"{name}.{ext}" for name in CURVE_NAMES for ext in ("csv", "png")]
-        evaluation = [self.root / name for name in EVALUATION_FILES]
-        epoch_images = [
-            *self.epoch_infer_dir.glob("Epoch_*.png"),
-            *(self.epoch_infer_dir / "mosaic").glob("Epoch_*.png"),
-        ]
-        return [p for p in (*fixed, *curves, *evaluation) if p.is_file()] + sorted(epoch_images)
+        return [self.config, self.best, self.last, self.history, *curves]
+
+    def epoch_images(self, epoch: int, stems: Iterable[str]) -> list[Path]:
+        """Epoch-change inference's masks of `epoch` (1-based), then its mosaic."""
+        folder = self.epoch_infer_dir
+        return [*(folder / f"Epoch_{epoch}_{stem}.png" for stem in stems),
+                folder / "mosaic" / f"Epoch_{epoch}.png"]
+
+    def owned(self) -> set[Path]:
+        """The files flexunet wrote here, as the manifest records them. A run folder from before
+        the manifest (a readable history.json, no manifest) owns its training and evaluation
+        files, known by their names."""
+        if self.manifest.is_file():
+            return {self.root / name for name in self._manifest_names()}
+        try:
+            if self.read_state() is None:
+                return set()
+        except UserError:  # a history.json that is not ours
+            return set()
+        known = [*self.fixed_outputs(), *(self.root / name for name in EVALUATION_FILES)]
+        epoch_images = [*self.epoch_infer_dir.glob("Epoch_*.png"),
+                        *(self.epoch_infer_dir / "mosaic").glob("Epoch_*.png")]
+        return {path for path in (*known, *epoch_images) if path.is_file()}
+
+    def claim(self, paths: Iterable[Path]) -> None:
+        """Record `paths` (under the root) in the manifest as ours, before writing them."""
+        names = {path.relative_to(self.root).as_posix() for path in paths}
+        if self.manifest.is_file():
+            names |= self._manifest_names()
+        write_json(self.manifest, {"files": sorted(names)})
+
+    def _manifest_names(self) -> set[str]:
+        try:
+            names = json.loads(self.manifest.read_text(encoding="utf-8"))["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            names = None
+        if not isinstance(names, list) or not all(map(_is_file_name, names)):
+            raise UserError(f"{self.manifest}: damaged (it lists the files flexunet wrote here); "
+                            "delete it and move this run's files away by hand")
+        return set(names)
+
+    def contains(self, path: Path) -> bool:
+        """Whether `path` is the run folder or lies inside it."""
+        return path.resolve().is_relative_to(self.root.resolve())
+
+    def locked_for(self, folder: Path, command: str) -> AbstractContextManager:
+        """The run folder's lock (see `locked`) while `command` writes into `folder`, if that
+        lies in the run folder."""
+        return self.locked(command) if self.contains(folder) else nullcontext()
+
+    @contextmanager
+    def locked(self, command: str) -> Iterator[None]:
+        """Hold the run folder's lock while `command` writes to it; taken before anything is
+        written, released however the block ends.
+
+        The lock file holds the pid, host, start time and command. A live holder (or one on
+        another host) is refused with one line naming it; a lock whose process is gone from
+        this host is taken over with a warning.
+        """
+        check_output_folder(self.root)
+        made = not self.root.exists()
+        self.root.mkdir(parents=True, exist_ok=True)
+        mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command})
+        while not _create(self.lock_file, mine):
+            self._take_over_if_stale()
+        try:
+            yield
+        finally:
+            try:
+                if self.lock_file.read_text(encoding="utf-8") == mine:
+                    self.lock_file.unlink()
+            except FileNotFoundError:
+                pass
+            if made and not any(self.root.iterdir()):
+                self.root.rmdir()
+
+    def _take_over_if_stale(self) -> None:
+        """Remove the lock if its process is gone from this host, with a warning; else refuse."""
+        try:
+            holder = json.loads(self.lock_file.read_text(encoding="utf-8"))
+            pid, host, since, command = (holder[key] for key in ("pid", "host", "since", "command"))
+            pid = int(pid)
+        except FileNotFoundError:
+            return  # released meanwhile
+        except (OSError, ValueError, KeyError, TypeError):  # being written, or damaged
+            raise UserError(f"{self.root}: in use by another run (its lock {self.lock_file} is "
+                            "unreadable); wait for it, or delete that file if no run is going "
+                            "on") from None
+        if host != socket.gethostname() or _alive(pid):
+            raise UserError(f"{self.root}: in use by {command} (pid {pid} on {host}, since "
+                            f"{since}); wait for it to finish, or delete {self.lock_file} if that "
+                            "process is gone")
+        warnings.warn(f"{self.root}: taking over the stale lock of pid {pid} ({command} since "
+                      f"{since}): that process is gone", stacklevel=4)
+        self.lock_file.unlink(missing_ok=True)
 
     def check_model(self, config: Config, what_to_do: str) -> Config | None:
         """The config this run was trained with (config.yaml; None if unreadable), after
@@ -136,25 +245,87 @@ class TrainState:
         write_json(path, asdict(self))
 
 
-def prepare_run(run: RunFolder, *, resume: bool, overwrite: bool) -> TrainState | None:
-    """Check the run folder before training; return the state to resume from (or None).
+def _is_file_name(name) -> bool:
+    """Whether a manifest entry names a path inside the run folder."""
+    if not isinstance(name, str):
+        return False
+    path = PurePosixPath(name)
+    return bool(path.parts) and not path.is_absolute() and ".." not in path.parts
 
-    A folder that holds an earlier run is refused unless `resume` (continue it) or
-    `overwrite` (replace our own files in it; nothing else is touched).
+
+def _create(path: Path, text: str) -> bool:
+    """Create `path` holding `text` if no such file exists (atomically); whether it did."""
+    try:
+        handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        file.write(text)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        pass
+    return True
+
+
+def prepare_run(
+    run: RunFolder, *, resume: bool, overwrite: bool, epochs: int, infer_stems: list[str]
+) -> TrainState | None:
+    """Check the run folder before training (writing nothing); return the state to resume
+    from (or None).
+
+    Refused: a file that training would write but that flexunet did not (a user's
+    config.yaml even with `overwrite`: it may be the config being trained; any other unless
+    `overwrite`), and a folder holding an earlier run unless `resume` or `overwrite`.
     """
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other: choose one")
-    state = run.read_state()
+    owned = run.owned()
+    state = run.read_state() if run.history in owned else None
+    first = state.epoch + 1 if resume and state else 1
+    planned = [*run.fixed_outputs(),
+               *(path for epoch in range(first, epochs + 1)
+                 for path in run.epoch_images(epoch, infer_stems))]
+    strangers = [path for path in planned if path.exists() and path not in owned]
+    if run.config in strangers:
+        raise UserError(
+            f"{run.config}: not written by flexunet train (your own config?), where train "
+            "records the run's config; set train.output_dir to a folder of its own, e.g. "
+            "runs/NAME (--overwrite does not replace this file)"
+        )
+    if strangers and not overwrite:
+        shown = ", ".join(path.relative_to(run.root).as_posix() for path in strangers[:3])
+        more = f" and {len(strangers) - 3} more" if len(strangers) > 3 else ""
+        them = "it" if len(strangers) == 1 else "them"
+        raise UserError(
+            f"{run.root}: holds {shown}{more}, not written by flexunet train; move {them} away, "
+            f"choose another train.output_dir, or pass --overwrite to replace {them}"
+        )
     if resume:
-        if not run.last.is_file():
+        if run.last not in owned or not run.last.is_file():
             raise UserError(f"{run.last}: nothing to resume; train without --resume")
         return state
-    existing = run.training_outputs()
-    if existing and not overwrite:
+    earlier = [path for path in owned if path.is_file() and path != run.config]
+    if earlier and not overwrite:
         raise UserError(
             f"{run.root} holds {state.describe() if state else 'a run'}: pass --resume to "
             "continue it or --overwrite to replace its files"
         )
-    for path in existing:
-        path.unlink()
     return None
+
+
+def start_writing(run: RunFolder, *, overwrite: bool) -> None:
+    """Just before training writes its first file: with `overwrite`, remove the earlier run's
+    files (those the manifest names, nothing else); record the fixed outputs as ours."""
+    if overwrite:
+        for path in run.owned():
+            path.unlink(missing_ok=True)
+        run.manifest.unlink(missing_ok=True)
+    run.claim(run.fixed_outputs())

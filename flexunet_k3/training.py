@@ -32,7 +32,7 @@ from flexunet_k3.files import write_text
 from flexunet_k3.interrupt import Interrupted, deferred, raise_if_pressed
 from flexunet_k3.memory import keep_freed_memory
 from flexunet_k3.model_io import compile_model, load_trained_model, save_model
-from flexunet_k3.run_folder import RunFolder, TrainState, prepare_run
+from flexunet_k3.run_folder import RunFolder, TrainState, prepare_run, start_writing
 
 
 def set_up_process(config: Config, precision: str) -> None:
@@ -65,37 +65,45 @@ class TrainResult:
 def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Train as configured; return the final state (also in history.json) and the model.
 
-    Refuses a run folder holding an earlier run unless `resume` or `overwrite`. A NaN loss
-    stops training with a UserError; models/last.keras keeps the last good epoch. After early
-    stopping the returned model has the best weights (those of models/best.keras).
+    Holds the run folder's lock throughout. Refuses a run folder holding an earlier run unless
+    `resume` or `overwrite`, and files there that training would write but flexunet did not
+    (run_folder.prepare_run). A NaN loss stops training with a UserError; models/last.keras
+    keeps the last good epoch. After early stopping the returned model has the best weights
+    (those of models/best.keras).
     """
     run = RunFolder(config.train.output_dir)
-    state = prepare_run(run, resume=resume, overwrite=overwrite)
-    epochs = config.train.epochs
-    if state is not None and (state.status == "early_stopped" or state.epoch >= epochs):
-        return TrainResult(state, None)
-    state = state or TrainState(epochs=epochs)
-    with deferred():  # Ctrl-C waits for a safe point (flexunet_k3.interrupt)
-        model, nan_at = _fit(config, run, state, resume=resume)
-        _finish(model, run, state, nan_at)
+    with run.locked("flexunet train"):
+        infer_paths = epoch_infer_paths(config)
+        state = prepare_run(run, resume=resume, overwrite=overwrite, epochs=config.train.epochs,
+                            infer_stems=[path.stem for path in infer_paths])
+        if state is not None and (state.status == "early_stopped"
+                                  or state.epoch >= config.train.epochs):
+            return TrainResult(state, None)
+        state = state or TrainState(epochs=config.train.epochs)
+        with deferred():  # Ctrl-C waits for a safe point (flexunet_k3.interrupt)
+            model, nan_at = _fit(config, run, state, infer_paths, resume=resume,
+                                 overwrite=overwrite)
+            _finish(model, run, state, nan_at)
     return TrainResult(state, model)
 
 
 def _fit(
-    config: Config, run: RunFolder, state: TrainState, *, resume: bool
+    config: Config, run: RunFolder, state: TrainState, infer_paths: list[Path], *,
+    resume: bool, overwrite: bool,
 ) -> tuple[keras.Model, tuple[int, int] | None]:
     """Build (or load) the model and fit it; return it and where the loss became NaN, if it did.
 
     Ctrl-C before the first step stops with nothing written; later it saves models/last.keras.
+    An earlier run's files go (with `overwrite`) only once the data and the model are ready.
     """
     train_data = dataset_from_config(config, "train", training=True)
     valid_data = dataset_from_config(config, "valid", training=False)
-    infer_paths = epoch_infer_paths(config)
 
     set_up_process(config, config.train.precision)
     model = _resume(run, config) if resume else compile_model(config)
     raise_if_pressed()
     state.epochs, state.status = config.train.epochs, "running"
+    start_writing(run, overwrite=overwrite)
     write_text(run.config, config.to_yaml())
 
     train_data.max_batches = config.train.steps_per_epoch
@@ -109,7 +117,7 @@ def _fit(
         Throughput(min(steps * config.train.batch_size, len(train_data.pairs))),
         Plateau(state, config.train.patience, config.train.reducer),
         RunRecorder(run, state),
-        *([EpochChangeInfer(infer_paths, config, run.epoch_infer_dir)] if infer_paths else []),
+        *([EpochChangeInfer(infer_paths, config, run)] if infer_paths else []),
         bars,
     ]
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import warnings
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from flexunet_k3.data.images import (
 )
 from flexunet_k3.data.masks import read_mask, warn_off_color
 from flexunet_k3.errors import UserError
+from flexunet_k3.files import replacing, write_json
 from flexunet_k3.progress import track
 
 Size = tuple[int, int]
@@ -182,23 +182,21 @@ class SegmentationDataset(keras.utils.PyDataset):
             self._off_color[:] = json.loads(done.read_text())["off_color"]
             self._warn_off_color()
             return
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = [name.with_suffix(".partial.npy") for name in names]
-        self._images, self._labels = (
-            np.lib.format.open_memmap(path, "w+", np.uint8, shape)
-            for path, shape in zip(partial, self._shapes(), strict=True)
-        )
-        try:
-            self._fill_cache(workers)
-        except BaseException:  # a bad file or Ctrl-C: no partial cache files left behind
-            self._images = self._labels = None
-            for path in partial:
-                path.unlink(missing_ok=True)
-            raise
-        for array, source, target in zip((self._images, self._labels), partial, names, strict=True):
-            array.flush()
-            os.replace(source, target)
-        done.write_text(json.dumps({"off_color": self._off_color.tolist()}))
+        # Filled under unique temporary names (two processes may fill one cache at once), so a
+        # bad file or Ctrl-C leaves no partial cache files behind.
+        with replacing(names[0]) as images, replacing(names[1]) as labels:
+            self._images, self._labels = (
+                np.lib.format.open_memmap(path, "w+", np.uint8, shape)
+                for path, shape in zip((images, labels), self._shapes(), strict=True)
+            )
+            try:
+                self._fill_cache(workers)
+            except BaseException:
+                self._images = self._labels = None
+                raise
+            self._images.flush()
+            self._labels.flush()
+        write_json(done, {"off_color": self._off_color.tolist()})
 
     def _check_first_mask(self) -> None:
         """Streaming warns of off-color masks only once all are read: look at one up front, so
