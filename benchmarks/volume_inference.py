@@ -95,7 +95,7 @@ def main() -> None:
         subprocess.run(["flexunet", "--quiet", "benchmark", "--config", args.config,
                         "--backends", args.backend, "--json", str(report)],
                        check=True, capture_output=True)
-        infer = json.loads(report.read_text())[0]["infer_images_per_s"]
+        infer = json.loads(report.read_text())["rows"][0]["infer_images_per_s"]
         speed = child(args, "--worker", "speed", "--slices", str(args.slices))["slices_per_s"]
         print(f"{args.backend}: benchmark infer {infer:.2f} img/s, volume inference "
               f"{speed:.2f} slices/s ({IN_PLANE}x{IN_PLANE}x{args.slices}): {speed / infer:.2f}x")

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,10 +25,8 @@ def replacing(path: Path) -> Iterator[Path]:
     A crash or Ctrl-C while writing leaves the old file whole and removes the temporary one.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
-                                    dir=path.parent)
-    os.close(handle)
-    temporary = Path(name)  # a unique name: two writers never share it
+    # a name of its own (two writers never share one), created by the writer with the usual mode
+    temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
     try:
         yield temporary
         os.replace(temporary, path)
