@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from flexunet_k3.config import Config, load_config, validate
 from flexunet_k3.errors import UserError
-from flexunet_k3.files import write_text
+from flexunet_k3.files import describe, write_text
 from flexunet_k3.ini_import import import_ini
 
 from .state import console, errors
@@ -61,8 +62,10 @@ def import_command(
 ) -> None:
     """Convert the original tool's INI config to a YAML run config; lists every unmapped key."""
     output = output or ini.with_suffix(".yaml")
-    if output.is_dir():
-        raise UserError(f"{output}: is a folder; give the YAML file to write")
+    if output.exists() and not output.is_file():
+        raise UserError(f"{output}: {describe(output)}; give the YAML file to write")
+    if output.exists() and ini.exists() and os.path.samefile(output, ini):
+        raise UserError(f"{output}: is the INI to import; give another --output for the YAML")
     if output.exists() and not overwrite:
         raise UserError(f"{output}: already exists; pass --overwrite to replace it")
     data, unmapped = import_ini(ini, output)
@@ -73,7 +76,8 @@ def import_command(
     text = header + yaml.safe_dump(data, sort_keys=False)
     write_text(output, text)
     if unmapped:
-        table = Table("key", "not mapped because", title=f"{len(unmapped)} keys not mapped")
+        keys = "1 key" if len(unmapped) == 1 else f"{len(unmapped)} keys"
+        table = Table("key", "not mapped because", title=f"{keys} not mapped")
         for key, why in unmapped:
             table.add_row(key, why)
         errors.print(table)

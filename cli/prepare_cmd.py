@@ -19,10 +19,9 @@ app = typer.Typer(
 )
 
 Output = Annotated[Path, typer.Option("--output", "-o", help="Folder to write.")]
-Overwrite = Annotated[
-    bool, typer.Option(help="Replace a dataset already in the output (other files stay).")
+Seed = Annotated[
+    int, typer.Option(help="Random seed (0..4294967295): the same seed gives the same output.")
 ]
-Seed = Annotated[int, typer.Option(help="Random seed: the same seed gives the same output.")]
 
 
 @app.command("msd")
@@ -32,7 +31,8 @@ def msd_command(
     ],
     output: Output,
     window: Annotated[
-        str, typer.Option(help="Hounsfield window LOW,HIGH mapped to 0..255 (soft tissue).")
+        str, typer.Option(help="Hounsfield window LOW,HIGH mapped to 0..255 (soft tissue); "
+                          "-100000 <= LOW < HIGH <= 100000.")
     ] = "-125,225",
     size: Annotated[int, typer.Option(help="Width and height of the PNG slices (16..4096).")] = 512,
     keep_empty: Annotated[
@@ -42,14 +42,20 @@ def msd_command(
         str, typer.Option(help="Train,valid,test fractions of the patients.")
     ] = "0.7,0.15,0.15",
     seed: Seed = 42,
-    mini_test: Annotated[int, typer.Option(help="Test slices copied to mini_test.")] = 10,
+    mini_test: Annotated[
+        int, typer.Option(help="Test slices copied to mini_test (0..10000).")
+    ] = 10,
     workers: Annotated[
-        int | None, typer.Option(help="Cases converted in parallel (default: min(4, CPUs)).")
+        int | None,
+        typer.Option(help="Cases converted in parallel (1..64; default: min(4, CPUs))."),
     ] = None,
     strict: Annotated[
         bool, typer.Option(help="Stop at a bad case instead of skipping it with a warning.")
     ] = False,
-    overwrite: Overwrite = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace the files of the dataset this command wrote there before (listed in its "
+        "manifest.json); other files stay, and one in the way of a new file is refused."
+    )] = False,
 ) -> None:
     """Slice Decathlon CT volumes into 8-bit PNG image/mask pairs, split by patient."""
     from flexunet_k3.data.msd import prepare_msd
@@ -77,19 +83,25 @@ def msd_command(
 @app.command("synthetic")
 def synthetic_command(
     output: Output,
-    cases: Annotated[int, typer.Option(help="Number of phantom CT volumes.")] = 12,
+    cases: Annotated[int, typer.Option(help="Number of phantom CT volumes (1..10000).")] = 12,
     seed: Seed = 42,
     size: Annotated[
         int, typer.Option(help="Width and height of each volume in voxels (32..1024).")
     ] = 256,
-    slices: Annotated[int, typer.Option(help="Axial slices per volume (4..1024).")] = 48,
-    overwrite: Overwrite = False,
+    slices: Annotated[
+        int, typer.Option(help="Axial slices per volume (4..1024; size x size x slices at most "
+                          "2**27 voxels).")
+    ] = 48,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace dataset.json and volumes of the same names already in the output."
+    )] = False,
 ) -> None:
     """Write a phantom chest CT set with lung tumors in the Decathlon Task06 layout."""
     from flexunet_k3.data.synthetic import write_synthetic_dataset
 
     ids = write_synthetic_dataset(output, cases, seed, size, slices, overwrite=overwrite)
-    console.print(f"wrote {len(ids)} cases ({ids[0]}..{ids[-1]}) to {output}")
+    written = f"{len(ids)} cases ({ids[0]}..{ids[-1]})" if len(ids) > 1 else f"1 case ({ids[0]})"
+    console.print(f"wrote {written} to {output}", markup=False)
     console.print(f"next: flexunet prepare msd --source {output} --output DATASET", markup=False)
 
 
@@ -97,7 +109,8 @@ def synthetic_command(
 def stats_command(
     folder: Annotated[Path, typer.Argument(help="A dataset folder (train|valid|test/...).")],
 ) -> None:
-    """Recount a dataset folder; rewrite its statistics.json and statistics.png."""
+    """Recount a dataset folder; rewrite its statistics.json and statistics.png (refused where
+    flexunet did not write them)."""
     from flexunet_k3.data.statistics import update_statistics
 
     _print_statistics(update_statistics(folder), folder)

@@ -14,3 +14,9 @@ def first_line(exc: BaseException, typed: bool = False) -> str:
     if not text:
         return type(exc).__name__
     return f"{type(exc).__name__}: {text}" if typed else text
+
+
+def check_range(option: str, value, low, high) -> None:
+    """Refuse `value` (of `option`, as the user wrote it) outside low..high; NaN too."""
+    if not low <= value <= high:
+        raise UserError(f"{option} {value}: need {low} to {high}")

@@ -1,4 +1,5 @@
-"""Writing files safely: atomic replacement, staged output folders, JSON and text.
+"""Writing files safely (atomic replacement, staged output folders, JSON and text) and reading
+a user's files with bounds (regular files only, so a pipe or a device never blocks a read).
 
 Every command writes through these, so an error or Ctrl-C never leaves a half-written file.
 Importing this module does not import keras.
@@ -16,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from flexunet_k3.errors import UserError
+
+MAX_JSON_BYTES = 64 * 2**20  # a record or dataset.json this command reads: far more than any needs
 
 
 @contextmanager
@@ -88,7 +91,12 @@ def _finite_or_none(value):
 
 def refuse_overwriting(folder: Path, names: Sequence[str], overwrite: bool) -> None:
     """Refuse, before any work, to replace files already in `folder` under `names` (paths
-    relative to it) unless `overwrite`: they may be a user's own."""
+    relative to it) unless `overwrite`: they may be a user's own. A folder or a special file
+    where a file goes is refused even so."""
+    for name in names:
+        if (folder / name).exists() and not (folder / name).is_file():
+            raise UserError(f"{folder / name}: {describe(folder / name)} where a file goes; "
+                            "move it, or choose another --output")
     if overwrite:
         return
     found = [name for name in names if (folder / name).exists()]
@@ -98,3 +106,30 @@ def refuse_overwriting(folder: Path, names: Sequence[str], overwrite: bool) -> N
             f"{folder}: already holds {shown}; pass --overwrite to replace "
             f"{'it' if len(found) == 1 else 'them'}, or choose another --output"
         )
+
+
+def describe(path: Path) -> str:
+    """What stands at `path`, for messages: "is a file", "is a folder", "is a special file
+    (device, pipe or socket)" or "not found"."""
+    if path.is_file():
+        return "is a file"
+    if path.is_dir():
+        return "is a folder"
+    return "is a special file (device, pipe or socket)" if path.exists() else "not found"
+
+
+def read_bytes(path: Path, hint: str, limit: int | None = None) -> bytes:
+    """The bytes of the regular file `path`, refused (with `hint`, what to do) before reading
+    where it is missing, a folder, a special file (reading a pipe may never end) or larger
+    than `limit` bytes."""
+    if not path.is_file():
+        raise UserError(f"{path}: {describe(path)}; {hint}")
+    check_size(str(path), path.stat().st_size, limit, hint)
+    return path.read_bytes()
+
+
+def check_size(where: str, size: int, limit: int | None, hint: str) -> None:
+    """Refuse, before reading it, a file of `size` bytes larger than `limit` (where given)."""
+    if limit is not None and size > limit:
+        raise UserError(f"{where}: {size} bytes, more than the {limit} such a file may have; "
+                        f"{hint}")

@@ -12,6 +12,9 @@ import os
 from pathlib import Path
 
 from flexunet_k3.errors import UserError, first_line
+from flexunet_k3.files import read_bytes
+
+MAX_INI_BYTES = 2**20  # the original's configs are about 2 kB
 
 # (section, key) -> dotted path in our config.
 DIRECT = {
@@ -76,11 +79,12 @@ LOSSES = {
 
 
 def parse_value(raw: str):
-    """A Python literal, or the raw text where it is not one (unquoted words)."""
+    """A Python literal, or the raw text where it is not one (unquoted words, and literals
+    nested too deeply or too large for Python's parser)."""
     text = raw.strip()
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         return text
 
 
@@ -135,13 +139,9 @@ def _augment(result: dict, values: dict, unmapped: list) -> None:
 def import_ini(path: Path, output: Path) -> tuple[dict, list[tuple[str, str]]]:
     """Read an original INI config: (our YAML mapping, [(section.key, why not mapped)])."""
     parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder; give the INI file (train_eval_infer.config)")
+    data = read_bytes(path, "give the INI file (train_eval_infer.config)", MAX_INI_BYTES)
     try:
-        with open(path, encoding="utf-8") as handle:
-            parser.read_file(handle)
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
+        parser.read_string(data.decode("utf-8"), source=str(path))
     except (configparser.Error, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not an INI config: {first_line(exc)}") from None
     if not parser.sections():

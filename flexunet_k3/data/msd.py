@@ -6,7 +6,8 @@ files are skipped). Each case is turned so that axial slices look the way radiol
 them (patient's anterior at the top, patient's right on the image's left), windowed to 8-bit,
 resized, and written as `{case}_{slice}.png` (case = the number in the file name, slice = the
 axial index in the volume). Everything is written in a temporary folder beside the output and
-moved into place at the end, so a failed run leaves nothing half-written.
+moved into place at the end, so a failed run leaves nothing half-written. `manifest.json` lists
+the files a run wrote: `--overwrite` replaces or removes those, and never any other file.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import contextlib
 import json
 import os
 import posixpath
+import re
 import shutil
 import tarfile
-import tempfile
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
@@ -28,10 +29,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError, first_line
-from ..files import check_output_folder
+from ..errors import UserError, check_range, first_line
+from ..files import (
+    MAX_JSON_BYTES,
+    check_output_folder,
+    check_size,
+    describe,
+    read_bytes,
+    staged,
+    write_json,
+)
 from ..progress import track
-from .cases import SPLITS, SPLITS_FILE, case_id, split_cases, write_splits
+from .cases import MAX_SEED, SPLITS, SPLITS_FILE, case_id, split_cases, write_splits
 from .images import resize_image, resize_labels
 from .nifti import Volume, display_slice, has_patient_axes, to_display, volume_from_bytes
 from .statistics import MINI_TEST, STATISTICS_FILES, dataset_statistics, write_statistics
@@ -40,8 +49,13 @@ from .statistics import MINI_TEST, STATISTICS_FILES, dataset_statistics, write_s
 # contrast-filled vessels light, bone white, as in the original tool's Lung-Tumor PNGs.
 DEFAULT_WINDOW = (-125.0, 225.0)
 DEFAULT_SPLIT = (0.7, 0.15, 0.15)
-DATASET_FILES = (*STATISTICS_FILES, SPLITS_FILE)  # beside the split folders
+MAX_HU = 100_000.0  # a window beyond this many Hounsfield units is a typing error
+MANIFEST = "manifest.json"  # the files a run wrote, which the next --overwrite may replace
+WRITTEN_BY = "flexunet prepare msd"
+DATASET_FILES = (*STATISTICS_FILES, SPLITS_FILE, MANIFEST)  # beside the split folders
+SLICE_FILE = re.compile(r"(train|valid|test|mini_test)/(images|masks)/[^/\0]+\.png")
 SOURCE_HINT = "give Task06_Lung.tar or its extracted folder (dataset.json, imagesTr, labelsTr)"
+FILE_HINT = "dataset.json and the volumes it lists must be files"
 
 
 @dataclass(frozen=True)
@@ -59,12 +73,19 @@ class Source:
         full = self.root + name
         return full in self.members or any(m.startswith(full + "/") for m in self.members)
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, limit: int | None = None) -> bytes:
+        """The bytes of the file `name`; refused where it is not a regular file (a folder, a
+        link inside the archive, a pipe) or is larger than `limit` bytes."""
         try:
             if self.members is None:
-                return (self.path / self.root / name).read_bytes()
+                return read_bytes(self.path / self.root / name, FILE_HINT, limit)
             with tarfile.open(self.path) as tar:
-                return tar.extractfile(self.root + name).read()
+                member = tar.getmember(self.root + name)
+                if not member.isfile():
+                    raise UserError(f"{self.where(name)}: is {_kind(member)} in the archive, "
+                                    f"not a file; {FILE_HINT}")
+                check_size(self.where(name), member.size, limit, FILE_HINT)
+                return tar.extractfile(member).read()
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise UserError(
                 f"{self.where(name)}: unreadable ({first_line(exc)}); download it again"
@@ -123,20 +144,16 @@ def prepare_msd(
     min(4, CPUs) processes. A case whose image and label shapes differ, or with a degenerate
     affine, is skipped with a warning, or stops the run when `strict`. An output that holds a
     dataset is refused unless `overwrite`, which replaces only the files and folders this
-    writes. Returns the statistics written to statistics.json.
+    wrote (those its manifest.json lists), never any other. Returns the statistics written to
+    statistics.json.
     """
-    settings = _check_settings(window, size, keep_empty, split, mini_test, workers)
+    settings = _check_settings(window, size, keep_empty, split, seed, mini_test, workers)
     window = tuple(settings["window"])
     output = Path(output)
     task = open_source(Path(source))
     cases = read_cases(task)
-    _check_output(output, overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    # our own staging folder beside the output, removed however this ends
-    with tempfile.TemporaryDirectory(
-        prefix=f".{output.name}.", suffix=".tmp", dir=output.parent, ignore_cleanup_errors=True
-    ) as temporary:
-        staging = Path(temporary)
+    owned = _check_output(output, overwrite)
+    with staged(output) as staging:  # moved into `output` at the end, and only then
         jobs = [
             CaseJob(
                 task, case, image, label, staging / "cases" / case, window, size, keep_empty, seed
@@ -151,17 +168,17 @@ def prepare_msd(
         stats = dataset_statistics(staging)
         stats["tumor_free_slices_dropped"] = sum(r.dropped for r in results)
         stats["skipped_cases"] = {r.case: r.problem for r in results if r.problem}
-        stats["settings"] = {"source": str(source), **settings, "seed": seed}
+        stats["settings"] = {"source": str(source), **settings}
         write_statistics(staging, stats, output.resolve().name)
-        _install(staging, output)
+        _make_room(staging, output, owned)
     return stats
 
 
 def open_source(path: Path) -> Source:
     """Find the task folder (the one holding dataset.json) in a folder or a tar, one level deep
     at most, and check it has imagesTr."""
-    if not path.exists():
-        raise UserError(f"{path}: not found; {SOURCE_HINT}")
+    if not (path.is_dir() or path.is_file()):
+        raise UserError(f"{path}: {describe(path)}; {SOURCE_HINT}")
     if path.is_dir():
         members = None
         names = [p.relative_to(path).as_posix() for p in path.glob("dataset.json")]
@@ -183,11 +200,11 @@ def read_cases(task: Source) -> list[tuple[str, str, str]]:
     """(case id, image, label) for each training pair listed in dataset.json, sorted by case."""
     where = task.where("dataset.json")
     try:
-        training = json.loads(task.read("dataset.json"))["training"]
+        training = json.loads(task.read("dataset.json", MAX_JSON_BYTES))["training"]
         pairs = [(posixpath.normpath(i["image"]), posixpath.normpath(i["label"])) for i in training]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise UserError(
-            f"{where}: not a Decathlon dataset.json ({type(exc).__name__}: {exc}); "
+            f"{where}: not a Decathlon dataset.json ({first_line(exc, typed=True)}); "
             'it needs a "training" list of {"image": ..., "label": ...}'
         ) from None
     if not pairs:
@@ -195,6 +212,9 @@ def read_cases(task: Source) -> list[tuple[str, str, str]]:
     cases = {}
     for image, label in pairs:
         for name in (image, label):
+            if posixpath.isabs(name) or name.split("/")[0] == "..":
+                raise UserError(f"{where}: {name} lies outside the task folder; its paths must "
+                                "be relative to it (./imagesTr/...)")
             if not task.has(name):
                 raise UserError(f"{task.where(name)}: missing (listed in {where})")
         case = case_id(image)
@@ -247,33 +267,37 @@ def read_task_volume(task: Source, name: str) -> Volume:
     return volume_from_bytes(task.read(name), task.where(name))
 
 
-def _check_settings(window, size, keep_empty, split, mini_test, workers) -> dict:
-    """Validate the options; return them as recorded in statistics.json."""
+def _check_settings(window, size, keep_empty, split, seed, mini_test, workers) -> dict:
+    """Validate the options (NaN and infinities refused); return them as recorded in
+    statistics.json."""
     window, split = [float(v) for v in window], [float(v) for v in split]
-    if len(window) != 2 or window[0] >= window[1]:
-        raise UserError(f"window {window}: need LOW,HIGH Hounsfield units with LOW < HIGH")
-    if not 16 <= size <= 4096:
-        raise UserError(f"size {size}: need 16 to 4096 pixels")
-    if not 0.0 <= keep_empty <= 1.0:
-        raise UserError(f"keep-empty {keep_empty}: need a share from 0 to 1")
-    if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1.0) > 1e-6:
-        raise UserError(f"split {split}: need three fractions (train, valid, test) summing to 1")
-    if mini_test < 0 or (workers is not None and workers < 1):
-        raise UserError(
-            f"mini-test {mini_test}, workers {workers}: need mini-test >= 0, workers >= 1"
-        )
-    workers = workers or min(4, os.cpu_count() or 1)
+    if len(window) != 2 or not -MAX_HU <= window[0] < window[1] <= MAX_HU:
+        raise UserError(f"--window {','.join(f'{v:g}' for v in window)}: need LOW,HIGH "
+                        f"Hounsfield units with {-MAX_HU:g} <= LOW < HIGH <= {MAX_HU:g}")
+    if len(split) != 3 or not all(0 <= f <= 1 for f in split) or abs(sum(split) - 1.0) > 1e-6:
+        raise UserError(f"--split {','.join(f'{v:g}' for v in split)}: need three fractions "
+                        "(train, valid, test) from 0 to 1, summing to 1")
+    check_range("--size", size, 16, 4096)
+    check_range("--keep-empty", keep_empty, 0, 1)
+    check_range("--seed", seed, 0, MAX_SEED)
+    check_range("--mini-test", mini_test, 0, 10_000)
+    if workers is not None:
+        check_range("--workers", workers, 1, 64)
     return {
         "window": window,
         "size": size,
         "keep_empty": keep_empty,
         "split": split,
         "mini_test": mini_test,
-        "workers": workers,
+        "workers": workers or min(4, os.cpu_count() or 1),
+        "seed": seed,
     }
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
+def _check_output(output: Path, overwrite: bool) -> frozenset[str]:
+    """Refuse, before any work, a file in the way of a folder to write, and a dataset in
+    `output` unless `overwrite`; return the files the earlier run wrote there (its manifest),
+    after refusing its statistics or split record where no manifest lists them."""
     check_output_folder(
         output, [f"{name}/{kind}" for name in (*SPLITS, MINI_TEST) for kind in ("images", "masks")]
     )
@@ -282,6 +306,42 @@ def _check_output(output: Path, overwrite: bool) -> None:
         raise UserError(
             f"{output}: already holds a dataset ({', '.join(found)}); "
             "pass --overwrite to replace it, or choose another output folder"
+        )
+    owned = _owned(output)
+    _refuse_replacing(output, [name for name in DATASET_FILES if name != MANIFEST], owned)
+    return owned
+
+
+def _owned(output: Path) -> frozenset[str]:
+    """The files (relative paths) that the manifest of an earlier run lists; none where there
+    is no manifest."""
+    path = output / MANIFEST
+    if not path.exists():
+        return frozenset()
+    try:
+        record = json.loads(read_bytes(path, "move it away, or choose another output folder",
+                                       MAX_JSON_BYTES))
+        files = record["files"]
+        if record["written_by"] != WRITTEN_BY or not all(
+            isinstance(name, str) and (name in DATASET_FILES or SLICE_FILE.fullmatch(name))
+            for name in files
+        ):
+            raise ValueError("a file it lists is not one prepare msd writes")
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise UserError(f"{path}: not a manifest of `prepare msd` ({first_line(exc, typed=True)})"
+                        "; move it away, or choose another output folder") from None
+    return frozenset(files)
+
+
+def _refuse_replacing(output: Path, names, owned: frozenset[str]) -> None:
+    """Refuse to write any of `names` (relative paths) where something not `owned` is."""
+    theirs = [name for name in names if (output / name).exists()
+              and (name not in owned or not (output / name).is_file())]
+    if theirs:
+        shown = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
+        raise UserError(
+            f"{output}: {shown} not written by `prepare msd` (not in its {MANIFEST}); move "
+            f"{'it' if len(theirs) == 1 else 'them'} away, or choose another output folder"
         )
 
 
@@ -336,31 +396,27 @@ def _arrange(staging: Path, results: list[CaseResult], split, seed: int, mini_te
     return splits
 
 
-def _install(staging: Path, output: Path) -> None:
-    """Replace the dataset in `output` by the staged one, leaving any other file there alone."""
-    output.mkdir(parents=True, exist_ok=True)
-    for name in (*SPLITS, MINI_TEST):
-        for kind in ("images", "masks"):
-            for path in (output / name / kind).glob("*.png"):
-                path.unlink()
-            _remove_if_empty(output / name / kind)
-        _remove_if_empty(output / name)
-    for name in (*SPLITS, MINI_TEST, *DATASET_FILES):
-        _move(staging / name, output / name)
+def _make_room(staging: Path, output: Path, owned: frozenset[str]) -> None:
+    """Ready `output` for the staged dataset: refuse (changing nothing) where a file to write
+    is not `owned`; remove the owned files the new dataset lacks. The manifest lists the
+    files of both runs meanwhile, then (moved in with the rest) the new run's."""
+    new = {path.relative_to(staging).as_posix() for path in staging.rglob("*")
+           if path.is_file()}
+    _refuse_replacing(output, sorted(new), owned)
+    write_json(output / MANIFEST, {"written_by": WRITTEN_BY, "files": sorted(new | owned)})
+    for name in sorted(owned - new):
+        if (output / name).is_file():
+            (output / name).unlink()
+    write_json(staging / MANIFEST, {"written_by": WRITTEN_BY, "files": sorted(new)})
 
 
-def _move(source: Path, target: Path) -> None:
-    """Rename onto target; into a folder that is still there (holding other files) entry-wise."""
-    if target.is_dir():
-        for child in source.iterdir():
-            _move(child, target / child.name)
-    else:
-        os.replace(source, target)
-
-
-def _remove_if_empty(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        folder.rmdir()
+def _kind(member: tarfile.TarInfo) -> str:
+    """What an archive member that is not a file is, for messages."""
+    if member.isdir():
+        return "a folder"
+    if member.issym():
+        return "a symbolic link"
+    return "a hard link" if member.islnk() else "a special file"
 
 
 def _tar_members(path: Path) -> frozenset[str]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import logging
+import math
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +24,10 @@ from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 
 from ..errors import UserError
+from ..files import describe
 
 SUFFIXES = (".nii.gz", ".nii")
+MAX_VOXELS = 2**30  # 512 x 512 x 4096; a header claiming more is refused before reading
 _READ_ERRORS = (
     OSError, EOFError, zlib.error, ValueError, ImageFileError, HeaderDataError, WrapStructError
 )
@@ -59,38 +63,52 @@ def nifti_stem(name: str) -> str:
 def read_volume(path: Path) -> Volume:
     """A 3D volume from a `.nii` or `.nii.gz` file; a UserError if it is anything else."""
     if not path.is_file():
-        kind = "a folder" if path.is_dir() else "a special file" if path.exists() else "not found"
-        raise UserError(f"{path}: {kind}; give a .nii or .nii.gz file")
+        raise UserError(f"{path}: {describe(path)}; give a .nii or .nii.gz file")
     return _volume(lambda: nib.load(path), str(path))
 
 
 def volume_from_bytes(data: bytes, where: str) -> Volume:
-    """A 3D volume from the bytes of a NIfTI-1 file, gzipped or not (a member of an archive)."""
+    """A 3D volume from the bytes of a NIfTI-1 file, gzipped or not (a member of an archive);
+    only as many bytes are unpacked as its header says it holds."""
 
     def load():
-        raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-        return nib.Nifti1Image.from_bytes(raw)
+        stream = io.BytesIO(data)
+        return nib.Nifti1Image.from_stream(
+            gzip.GzipFile(fileobj=stream) if data[:2] == b"\x1f\x8b" else stream
+        )
 
     return _volume(load, where)
 
 
 def _volume(load, where: str) -> Volume:
+    """Read a volume; its header's shape and voxel type are checked before the voxels."""
     try:
         with _nibabel_silenced():
             image = load()
             if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
                 raise ImageFileError(f"a {type(image).__name__}, not NIfTI")
+            _check_header(image, where)
             volume = np.asanyarray(image.dataobj)
     except _READ_ERRORS as exc:
         raise UserError(
             f"{where}: not a readable NIfTI file ({str(exc).strip()[:150]}); it may be truncated "
             "or corrupt"
         ) from None
-    if volume.ndim != 3:
-        raise UserError(f"{where}: {volume.ndim}D volume of shape {volume.shape}; need a 3D one")
-    if volume.dtype.kind not in "iufb":
-        raise UserError(f"{where}: voxels of type {volume.dtype}; need real numbers (CT or labels)")
     return Volume(volume, image.affine, image.header, where)
+
+
+def _check_header(image: nib.Nifti1Image, where: str) -> None:
+    """Refuse a volume that is not 3D, not of real numbers, or too large to hold in memory."""
+    shape, dtype = image.shape, image.get_data_dtype()
+    if len(shape) != 3:
+        raise UserError(f"{where}: {len(shape)}D volume of shape {shape}; need a 3D one")
+    if dtype.kind not in "iufb":
+        kind = "RGB colour" if dtype.names else f"type {dtype}"
+        raise UserError(f"{where}: voxels of {kind}; need real numbers (CT or labels)")
+    voxels = math.prod(shape)
+    if voxels > MAX_VOXELS:
+        raise UserError(f"{where}: shape {shape}: {voxels} voxels, more than the {MAX_VOXELS} "
+                        "a volume may have here; crop or resample it")
 
 
 def write_volume(path: Path, data: np.ndarray, affine: np.ndarray) -> None:

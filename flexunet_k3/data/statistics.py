@@ -8,13 +8,13 @@ tool's. `prepare msd` adds how the set was made (settings, slices dropped, cases
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError
+from ..errors import UserError, first_line
+from ..files import MAX_JSON_BYTES, describe, read_bytes, replacing, write_json
 from ..progress import track
 from .cases import SPLITS, case_of
 
@@ -30,6 +30,9 @@ def dataset_statistics(folder: Path) -> dict:
     train+valid+test as `all`, and `tumor_free_images` (masks with no tumor pixel) per split.
     """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: {describe(folder)}; give a dataset folder (train|valid|test/"
+                        "images|masks)")
     if not any((folder / split / "images").is_dir() for split in SPLITS):
         raise UserError(
             f"{folder}: no train/valid/test images folders; "
@@ -70,7 +73,7 @@ def write_statistics(folder: Path, stats: dict, name: str | None = None) -> None
     from matplotlib.figure import Figure
 
     folder = Path(folder)
-    _replace(folder / "statistics.json", lambda path: path.write_text(json.dumps(stats, indent=2)))
+    write_json(folder / "statistics.json", stats)
     counts = [stats["images"][split] for split in SPLITS]
     figure = Figure(figsize=(6, 4), dpi=100)
     FigureCanvasAgg(figure)
@@ -80,41 +83,45 @@ def write_statistics(folder: Path, stats: dict, name: str | None = None) -> None
     axes.set_ylabel("images")
     axes.set_title(f"{name or folder.resolve().name}: images per split")
     axes.margins(y=0.15)
-    _replace(folder / "statistics.png", lambda path: figure.savefig(path, format="png"))
+    with replacing(folder / "statistics.png") as path:
+        figure.savefig(path, format="png")
 
 
 def update_statistics(folder: Path) -> dict:
     """Recount a dataset folder and rewrite its statistics, keeping the keys only
     `prepare msd` knows (settings, slices dropped, cases skipped) from an earlier
-    statistics.json."""
+    statistics.json. Statistics files that flexunet did not write are refused, not replaced."""
     folder = Path(folder)
-    previous = folder / "statistics.json"
-    try:
-        stats = json.loads(previous.read_text()) if previous.exists() else {}
-        if not isinstance(stats, dict):
-            raise ValueError(f"a JSON {type(stats).__name__}, not an object")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{previous}: unreadable ({exc}); delete it and run again") from None
+    previous, chart = folder / STATISTICS_FILES[0], folder / STATISTICS_FILES[1]
+    hint = "move it away, then run again"
+    stats = {}
+    if previous.exists():
+        try:
+            stats = json.loads(read_bytes(previous, hint, MAX_JSON_BYTES))
+            if not isinstance(stats, dict) or "images" not in stats:
+                raise ValueError(f"a JSON {type(stats).__name__} with no image counts")
+        except (ValueError, RecursionError) as exc:
+            raise UserError(f"{previous}: not flexunet's statistics "
+                            f"({first_line(exc, typed=True)}); {hint}") from None
+    elif chart.exists():
+        raise UserError(f"{chart}: not written by flexunet (no {previous.name} beside it); {hint}")
     stats.update(dataset_statistics(folder))
     write_statistics(folder, stats)
     return stats
 
 
 def _tumor_pixels(path: Path) -> tuple[int, int]:
+    if not path.is_file():
+        raise UserError(f"{path}: {describe(path)}, not a PNG mask; move it away")
     try:
         with Image.open(path) as image:
             mask = np.asarray(image.convert("L")) > 127
     except OSError as exc:
-        raise UserError(f"{path}: not a readable PNG mask ({exc}); replace or delete it") from None
+        raise UserError(
+            f"{path}: not a readable PNG mask ({exc}); replace it, or move it away"
+        ) from None
     return int(mask.sum()), mask.size
 
 
 def _share(part: int, whole: int) -> float:
     return round(part / whole, 8) if whole else 0.0
-
-
-def _replace(path: Path, write) -> None:
-    """Write through a temporary file renamed onto `path`, so a reader never sees half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)
-    os.replace(temporary, path)

@@ -13,14 +13,16 @@ superior, with the matching affine.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from ..errors import UserError
-from ..files import check_output_folder, staged, write_text
+from ..errors import UserError, check_range
+from ..files import check_output_folder, refuse_overwriting, staged, write_text
 from ..progress import track
+from .cases import MAX_SEED
 from .nifti import write_volume
 
 HU = {
@@ -40,6 +42,9 @@ VESSEL_SIGMA_MM, VESSEL_RADIUS_MM = 1.6, 2.8
 # then measures (as the diameter of a disk of its area) 5 to 70 mm, median 24 mm, 10% under 13 mm:
 # about what the tumors of real MSD Task06 slices measure (roughly 10 to 65 mm, median 20-25).
 TUMOR_MEDIAN_MM, TUMOR_LOG_SD, TUMOR_RANGE_MM = 32.0, 0.5, (7.0, 85.0)
+# Making a case takes about 35 bytes of memory per voxel; its two .nii.gz files take about 1.2
+# bytes per voxel on disk (the noise does not compress). Measured at 128 and 256 pixels.
+MAX_CASES, MAX_VOXELS, DISK_BYTES_PER_VOXEL = 10_000, 2**27, 1.3
 
 
 def write_synthetic_dataset(
@@ -58,21 +63,16 @@ def write_synthetic_dataset(
     cases leaves the earlier ones unchanged. About 95% of cases hold 1 to 3 tumors, the rest
     none, so every train/valid/test split gets tumor slices. The field of view is 300-360 mm
     (1.2-1.4 mm pixels at size 256) and slices are 2-3 mm thick. Size is 32 to 1024 and slices
-    4 to 1024, checked before anything is written (size 1024 with 48 slices takes about 2 GB).
+    4 to 1024, cases 1 to 10000, a case at most 2**27 voxels (about 5 GB of memory while it is
+    made; size 1024 with 48 slices takes about 2 GB), and the set must fit on the disk: all
+    checked before anything is written. Any file it would write that is already there is
+    refused unless `overwrite`.
     """
     output = Path(output)
-    if cases < 1 or not 32 <= size <= 1024 or not 4 <= slices <= 1024:
-        raise UserError(
-            f"synthetic: got cases={cases}, size={size}, slices={slices}; "
-            "need cases >= 1, size 32 to 1024 and slices 4 to 1024"
-        )
-    check_output_folder(output, ("imagesTr", "labelsTr"))
-    if (output / "dataset.json").exists() and not overwrite:
-        raise UserError(
-            f"{output}: already holds a dataset (dataset.json); "
-            "pass --overwrite to replace it or choose another output"
-        )
+    _check_settings(output, cases, seed, size, slices)
     ids = [f"{index:03d}" for index in range(1, cases + 1)]
+    volumes = [f"{kind}/lung_{case}.nii.gz" for case in ids for kind in ("imagesTr", "labelsTr")]
+    refuse_overwriting(output, ["dataset.json", *volumes], overwrite)
     with staged(output) as staging:  # an error or Ctrl-C leaves no partial set in `output`
         for folder in ("imagesTr", "labelsTr"):
             (staging / folder).mkdir()
@@ -83,6 +83,27 @@ def write_synthetic_dataset(
     text = json.dumps(_dataset_json(ids), indent=4) + "\n"  # last: the set is complete
     write_text(output / "dataset.json", text)
     return ids
+
+
+def _check_settings(output: Path, cases: int, seed: int, size: int, slices: int) -> None:
+    """Refuse settings out of range, a case too large to make in memory, a set too large for
+    the disk, and a file in the way of the output's folders."""
+    check_range("--cases", cases, 1, MAX_CASES)
+    check_range("--seed", seed, 0, MAX_SEED)
+    check_range("--size", size, 32, 1024)
+    check_range("--slices", slices, 4, 1024)
+    voxels = size * size * slices
+    if voxels > MAX_VOXELS:
+        raise UserError(f"--size {size} with --slices {slices}: {voxels} voxels a case, more than "
+                        f"{MAX_VOXELS} (about 5 GB of memory to make one); lower either")
+    check_output_folder(output, ("imagesTr", "labelsTr"))
+    folder = next(path for path in (output.absolute(), *output.absolute().parents)
+                  if path.exists())
+    need, free = cases * voxels * DISK_BYTES_PER_VOXEL / 1e9, shutil.disk_usage(folder).free / 1e9
+    if need > free:
+        raise UserError(f"--cases {cases} of {size}x{size}x{slices} voxels need about {need:.0f} "
+                        f"GB on disk, but {folder} has {free:.0f} GB free; lower --cases, --size "
+                        "or --slices")
 
 
 def phantom_case(
