@@ -14,3 +14,10 @@ def first_line(exc: BaseException, typed: bool = False) -> str:
     if not text:
         return type(exc).__name__
     return f"{type(exc).__name__}: {text}" if typed else text
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 image`, `2 images`, `2 classes`: the count and the noun in its number."""
+    if count == 1:
+        return f"1 {noun}"
+    return f"{count} {noun}{'es' if noun.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
