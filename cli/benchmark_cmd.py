@@ -14,7 +14,7 @@ from rich.table import Table
 from flexunet_k3 import progress
 from flexunet_k3.backend import BACKENDS, versions
 from flexunet_k3.benchmark import JIT_MODES, PRECISIONS, Case, Row, check_choices, run_case
-from flexunet_k3.config import load_config
+from flexunet_k3.config import MAX_BATCH_SIZE, load_config
 from flexunet_k3.errors import UserError
 from flexunet_k3.files import write_json
 
@@ -79,11 +79,15 @@ def benchmark(
         help="Comma-separated: " + ", ".join(JIT_MODES) + ".", show_default="train.jit"
     )] = None,
     batch_size: Annotated[int | None, typer.Option(
-        min=1, help="Images per step.", show_default="train.batch_size"
+        min=1, max=MAX_BATCH_SIZE, help="Images per step.", show_default="train.batch_size"
     )] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Timed training steps.")] = 10,
-    warmup: Annotated[int, typer.Option(min=1, help="Untimed first steps (compile).")] = 3,
-    timeout: Annotated[float, typer.Option(min=1, help="Seconds allowed per run.")] = 1800,
+    steps: Annotated[int, typer.Option(min=1, max=100_000, help="Timed training steps.")] = 10,
+    warmup: Annotated[
+        int, typer.Option(min=1, max=1000, help="Untimed first steps (compile).")
+    ] = 3,
+    timeout: Annotated[
+        float, typer.Option(min=1, max=7 * 86400, help="Seconds allowed per run.")
+    ] = 1800,
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Write the rows as JSON.")
     ] = None,

@@ -12,7 +12,7 @@ import yaml
 from rich.table import Table
 
 from flexunet_k3.config import Config, load_config, validate
-from flexunet_k3.errors import UserError
+from flexunet_k3.errors import UserError, plural
 from flexunet_k3.files import describe, write_text
 from flexunet_k3.ini_import import import_ini
 
@@ -34,7 +34,7 @@ def validate_command(config: ConfigFile, overrides: Overrides = None) -> None:
     m = cfg.model
     console.print(
         f"{config}: valid ({m.name}, {m.image_height}x{m.image_width}x{m.image_channels}, "
-        f"{m.num_classes} classes, {m.num_layers} levels)"
+        f"{plural(m.num_classes, 'class')}, {m.num_layers} levels)"
     )
 
 
@@ -76,8 +76,8 @@ def import_command(
     text = header + yaml.safe_dump(data, sort_keys=False)
     write_text(output, text)
     if unmapped:
-        keys = "1 key" if len(unmapped) == 1 else f"{len(unmapped)} keys"
-        table = Table("key", "not mapped because", title=f"{keys} not mapped")
+        title = f"{plural(len(unmapped), 'key')} not mapped"
+        table = Table("key", "not mapped because", title=title)
         for key, why in unmapped:
             table.add_row(key, why)
         errors.print(table)

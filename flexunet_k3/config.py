@@ -12,7 +12,9 @@ from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -20,15 +22,38 @@ from pydantic import (
     model_validator,
 )
 
-from flexunet_k3.errors import UserError
+from flexunet_k3.errors import UserError, first_line, plural
 
-PositiveInt = Annotated[int, Field(gt=0)]
+MAX_BATCH_SIZE = 4096
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few kB; this bounds what a wrong file costs to read
+
+
+def _not_a_bool(value):
+    """YAML reads true/false as booleans, which pydantic would take as 1/0 for a number."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+def _no_nul(path: Path) -> Path:
+    if "\0" in str(path):
+        raise ValueError("a path cannot hold a NUL character")
+    return path
+
+
+# Counts are strict ints (a YAML true or 2.5 is refused); floats are finite (allow_inf_nan in
+# Section) and never booleans. Each field gives its range.
+Count = Annotated[int, Field(strict=True)]
+Real = Annotated[float, BeforeValidator(_not_a_bool)]
+Location = Annotated[Path, AfterValidator(_no_nul)]
 # Keras activations that suit hidden convolution layers.
 Activation = Literal[
     "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "swish", "mish",
     "hard_silu", "softplus", "tanh", "sigmoid", "linear",
 ]
-Pair = tuple[int, int]
+Kernel = Annotated[Count, Field(ge=1, le=63)]
+Dilation = Annotated[Count, Field(ge=1, le=32)]
+Channel = Annotated[Count, Field(ge=0, le=255)]
 
 
 def _as_pair(value):
@@ -39,38 +64,31 @@ def _as_pair(value):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ClassSpec(Section):
-    name: str
-    color: tuple[int, int, int]
-
-    @field_validator("color")
-    @classmethod
-    def _color_in_range(cls, color):
-        if any(not 0 <= c <= 255 for c in color):
-            raise ValueError(f"RGB values must be 0..255, got {list(color)}")
-        return color
+    name: str = Field(min_length=1)
+    color: tuple[Channel, Channel, Channel]
 
 
 class ModelConfig(Section):
     """The network; `name` picks an architecture from the registry (flexunet_k3.models)."""
 
     name: str = "flexunet"
-    image_height: PositiveInt = 512
-    image_width: PositiveInt = 512
-    image_channels: Literal[1, 3] = 3
-    num_classes: PositiveInt = 2
-    base_filters: PositiveInt = 16
-    base_kernels: Pair = (9, 9)
-    num_layers: Annotated[int, Field(ge=2)] = 8
-    dropout_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.04
-    dilation: Pair = (1, 1)
+    image_height: Count = Field(512, ge=1, le=8192)
+    image_width: Count = Field(512, ge=1, le=8192)
+    image_channels: Annotated[Literal[1, 3], BeforeValidator(_not_a_bool)] = 3
+    num_classes: Count = Field(2, ge=1, le=255)  # masks hold uint8 class ids
+    base_filters: Count = Field(16, ge=1, le=1024)
+    base_kernels: tuple[Kernel, Kernel] = (9, 9)
+    num_layers: Count = Field(8, ge=2, le=12)
+    dropout_rate: Real = Field(0.04, ge=0.0, lt=1.0)
+    dilation: tuple[Dilation, Dilation] = (1, 1)
     normalization: bool = False
     # Batch normalization's moving-average momentum (Keras' default); lower adapts its
     # inference statistics faster, which short trainings need.
-    normalization_momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
+    normalization_momentum: Real = Field(0.99, gt=0.0, lt=1.0)
     input_normalize: bool = False
     activation: Activation = "relu"
     final_activation: Literal["auto", "softmax", "sigmoid"] = "auto"
@@ -89,16 +107,9 @@ class ModelConfig(Section):
     @field_validator("base_kernels")
     @classmethod
     def _odd_kernels(cls, kernels):
-        if any(k < 1 or k % 2 == 0 for k in kernels):
-            raise ValueError(f"kernel sizes must be odd and positive, got {list(kernels)}")
+        if any(k % 2 == 0 for k in kernels):
+            raise ValueError(f"kernel sizes must be odd, got {list(kernels)}")
         return kernels
-
-    @field_validator("dilation")
-    @classmethod
-    def _positive_dilation(cls, dilation):
-        if any(d < 1 for d in dilation):
-            raise ValueError(f"dilation must be >= 1, got {list(dilation)}")
-        return dilation
 
     @model_validator(mode="after")
     def _size_fits_levels(self):
@@ -108,16 +119,22 @@ class ModelConfig(Section):
                 raise ValueError(
                     f"{key} {getattr(self, key)} is not divisible by 2**(num_layers-1) = {factor}"
                 )
+        deepest = self.base_filters * factor
+        if deepest > 8192:
+            raise ValueError(
+                f"base_filters * 2**(num_layers-1) = {deepest} filters at the deepest level; "
+                "at most 8192: lower base_filters or num_layers"
+            )
         return self
 
 
 class OptimizerConfig(Section):
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    learning_rate: Annotated[float, Field(gt=0)] = 5e-5
-    clipvalue: Annotated[float, Field(gt=0)] | None = None
-    clipnorm: Annotated[float, Field(gt=0)] | None = None
-    weight_decay: Annotated[float, Field(ge=0)] | None = None
-    momentum: Annotated[float, Field(ge=0)] = 0.0
+    learning_rate: Real = Field(5e-5, gt=0, le=10)
+    clipvalue: Real | None = Field(None, gt=0)
+    clipnorm: Real | None = Field(None, gt=0)
+    weight_decay: Real | None = Field(None, ge=0, le=1)
+    momentum: Real = Field(0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _one_clip(self):
@@ -137,13 +154,13 @@ class OptimizerConfig(Section):
 class DataConfig(Section):
     """Where the images and masks are. `dataset` holds train|valid|test/images|masks."""
 
-    dataset: Path | None = None
-    train_images: Path | None = None
-    train_masks: Path | None = None
-    valid_images: Path | None = None
-    valid_masks: Path | None = None
-    test_images: Path | None = None
-    test_masks: Path | None = None
+    dataset: Location | None = None
+    train_images: Location | None = None
+    train_masks: Location | None = None
+    valid_images: Location | None = None
+    valid_masks: Location | None = None
+    test_images: Location | None = None
+    test_masks: Location | None = None
     classes: list[ClassSpec] = Field(
         default_factory=lambda: [
             ClassSpec(name="background", color=(0, 0, 0)),
@@ -154,7 +171,21 @@ class DataConfig(Section):
     cache: Literal["none", "memory", "disk"] = "none"
     # Loader threads: they decode (and cache) images and prefetch batches; under TensorFlow at
     # least 2 (see SegmentationDataset).
-    workers: Annotated[int, Field(ge=1)] = 1
+    workers: Count = Field(1, ge=1, le=64)
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, classes):
+        """Of two classes with one name or color, one could never appear in a mask."""
+        for key in ("name", "color"):
+            values = [getattr(spec, key) for spec in classes]
+            for index, value in enumerate(values):
+                if value in values[:index]:
+                    raise ValueError(
+                        f"classes {values.index(value)} and {index} share the {key} {value!r}; "
+                        "give each class its own"
+                    )
+        return classes
 
     def split_dirs(self, split: Literal["train", "valid", "test"]) -> tuple[Path, Path]:
         """(images, masks) folders of a split; explicit keys win over `dataset`."""
@@ -185,36 +216,39 @@ class AugmentConfig(Section):
     enabled: bool = False
     hflip: bool = True
     vflip: bool = False
-    rotation_angles: list[float] = Field(default_factory=lambda: [-10.0, 10.0])
-    shrink_ratios: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=list)
-    shear: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    elastic_alpha: Annotated[float, Field(ge=0)] = 0.0
-    elastic_sigma: Annotated[float, Field(gt=0)] = 8.0
-    brightness: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    contrast: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    probability: Annotated[float, Field(ge=0, le=1)] = 0.5
+    rotation_angles: list[Annotated[Real, Field(ge=-360, le=360)]] = Field(
+        default_factory=lambda: [-10.0, 10.0]
+    )
+    shrink_ratios: list[Annotated[Real, Field(gt=0, le=1)]] = Field(default_factory=list)
+    shear: Real = Field(0.0, ge=0, lt=1)
+    elastic_alpha: Real = Field(0.0, ge=0, le=10_000)
+    elastic_sigma: Real = Field(8.0, gt=0, le=1000)
+    brightness: Real = Field(0.0, ge=0, lt=1)
+    contrast: Real = Field(0.0, ge=0, lt=1)
+    probability: Real = Field(0.5, ge=0, le=1)
 
 
 class ReducerConfig(Section):
     enabled: bool = True
-    factor: Annotated[float, Field(gt=0, lt=1)] = 0.4
-    patience: Annotated[int, Field(ge=0)] = 4
-    min_lr: Annotated[float, Field(ge=0)] = 0.0
+    factor: Real = Field(0.4, gt=0, lt=1)
+    patience: Count = Field(4, ge=0, le=100_000)
+    min_lr: Real = Field(0.0, ge=0, le=10)
 
 
 class TrainConfig(Section):
-    output_dir: Path = Path("runs/flexunet")
-    epochs: PositiveInt = 100
-    batch_size: PositiveInt = 2
-    seed: int = 42
+    output_dir: Location = Path("runs/flexunet")
+    epochs: Count = Field(100, ge=1, le=100_000)
+    batch_size: Count = Field(2, ge=1, le=MAX_BATCH_SIZE)
+    seed: Count = Field(42, ge=0, le=2**32 - 1)  # numpy's and Keras' seed range
     loss: Literal["categorical_crossentropy", "dice", "ce_dice"] = "categorical_crossentropy"
-    patience: Annotated[int, Field(ge=0)] = 10
+    patience: Count = Field(10, ge=0, le=100_000)
     reducer: ReducerConfig = Field(default_factory=ReducerConfig)
     epoch_change_infer: bool = True
-    num_infer_images: Annotated[int, Field(ge=0)] = 6
+    num_infer_images: Count = Field(6, ge=0, le=1000)
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
     jit: Literal["auto", "on", "off"] = "auto"
-    steps_per_epoch: PositiveInt | None = None  # None: every batch; fewer for smoke runs
+    # None: every batch; fewer for smoke runs
+    steps_per_epoch: Count | None = Field(None, ge=1, le=1_000_000)
     # Keep freed memory in the process (glibc): faster steps, higher peak memory (BENCHMARKS.md)
     reuse_freed_memory: bool = False
 
@@ -226,10 +260,10 @@ class TrainConfig(Section):
 
 
 class InferConfig(Section):
-    images_dir: Path | None = None
-    output_dir: Path | None = None
+    images_dir: Location | None = None
+    output_dir: Location | None = None
     overlay: bool = False
-    batch_size: PositiveInt = 4
+    batch_size: Count = Field(4, ge=1, le=MAX_BATCH_SIZE)
     # Average each image's probabilities with those of its horizontal flip (test-time mirroring)
     mirror: bool = False
 
@@ -249,19 +283,20 @@ class Config(Section):
         expected = max(self.model.num_classes, 2)
         if len(self.data.classes) != expected:
             raise ValueError(
-                f"data.classes lists {len(self.data.classes)} classes but model.num_classes is "
-                f"{self.model.num_classes} (expected {expected} entries, background first)"
+                f"data.classes lists {plural(len(self.data.classes), 'class')} but "
+                f"model.num_classes is {self.model.num_classes} (expected {expected} entries, "
+                "background first)"
             )
         return self
 
     def resolve_paths(self, base: Path, from_cwd: set[str] = frozenset()) -> Config:
         """A copy whose relative paths are made absolute against `base`, or against the
-        current directory for the `section.key` names in `from_cwd`."""
+        current directory for the `section.key` names (or sections) in `from_cwd`."""
         data = self.model_dump()
         for section, values in data.items():
             for key, value in values.items():
                 if isinstance(value, Path) and not value.is_absolute():
-                    folder = Path.cwd() if f"{section}.{key}" in from_cwd else base
+                    folder = Path.cwd() if {section, f"{section}.{key}"} & from_cwd else base
                     values[key] = (folder / value).resolve()
         return Config.model_validate(data)
 
@@ -275,9 +310,17 @@ class Config(Section):
 
 
 def _format_error(error: dict, overridden: Collection[str]) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    if any(where == key or where.startswith(key + ".") for key in overridden):
-        where = f"--set {where}"
+    """`key: problem`, the key as `--set key` where an override set it (or created its
+    section), and `key (with --set ...)` where overrides set keys inside it."""
+    key = ".".join(str(part) for part in error["loc"])
+    shown = key if key.isprintable() else repr(key)  # a key holding a line break or a tab
+    inside = sorted(name for name in overridden if name.startswith(key + ".")) if key else []
+    if any(key == name or key.startswith(name + ".") for name in overridden):
+        where = f"--set {shown}"
+    elif inside:
+        where = f"{shown} (with --set {', '.join(inside)})"
+    else:
+        where = shown or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown key"
     message = error["msg"].removeprefix("Value error, ")
@@ -287,36 +330,45 @@ def _format_error(error: dict, overridden: Collection[str]) -> str:
 def validation_message(
     source: str, error: ValidationError, overridden: Collection[str] = ()
 ) -> str:
-    """One line naming the file and every offending key (`--set key` for `overridden` ones)."""
-    return f"{source}: " + "; ".join(_format_error(e, overridden) for e in error.errors())
+    """One line naming every offending key, and `source` unless all are `--set` keys (those in
+    `overridden`)."""
+    problems = [_format_error(e, overridden) for e in error.errors()]
+    text = "; ".join(problems)
+    return text if all(p.startswith("--set ") for p in problems) else f"{source}: {text}"
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
-    """`section.key=value` -> (['section', 'key'], YAML-parsed value)."""
+    """`section.key=value` -> (['section', 'key'], the value parsed as YAML, else as text)."""
     if "=" not in text:
         raise UserError(f"--set {text!r}: expected section.key=value")
     key, raw = text.split("=", 1)
-    if not key.strip():
-        raise UserError(f"--set {text!r}: the key is empty")
+    keys = [part.strip() for part in key.split(".")]
+    if not all(keys):
+        raise UserError(f"--set {text!r}: the key has an empty part; expected section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = _parse_yaml(raw)
+    except ValueError:
         value = raw
-    return key.strip().split("."), value
+    return keys, value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Set each `section.key=value` in a raw config mapping (before validation)."""
+def apply_overrides(data: dict, overrides: list[str]) -> set[str]:
+    """Set each `section.key=value` in a raw config mapping (before validation); the dotted
+    keys the overrides own: those they set and the sections they created."""
+    owned = set()
     for text in overrides:
         keys, value = parse_override(text)
         node = data
-        for key in keys[:-1]:
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
+        for depth, key in enumerate(keys[:-1], start=1):
+            if node.get(key) is None:  # absent, or empty in the file (`data:`)
+                node[key] = {}
+                owned.add(".".join(keys[:depth]))
+            if not isinstance(node[key], dict):
                 raise UserError(f"--set {text!r}: {key} is not a section")
-            node = child
+            node = node[key]
         node[keys[-1]] = value
-    return data
+        owned.add(".".join(keys))
+    return owned
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -337,19 +389,44 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def read_yaml(path: Path) -> dict:
-    """A YAML mapping from a file, or a UserError naming the file."""
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
+def _parse_yaml(text: str):
+    """YAML text as plain values, or a ValueError with a one-line reason."""
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), _UniqueKeyLoader)  # a yaml.SafeLoader
+        return yaml.load(text, _UniqueKeyLoader)  # a yaml.SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read: {exc}") from None
+        raise ValueError(f"not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ValueError("not valid YAML: nested too deeply") from None
+    except (ValueError, LookupError, AttributeError, TypeError) as exc:
+        # PyYAML's constructors fail so on a malformed value: 2024-13-01, `!!int` alone
+        raise ValueError(f"not valid YAML: cannot construct a value ({first_line(exc)})") from None
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping from a file, or a UserError naming the file."""
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a config file; give the YAML file")
+    if not path.is_file():
+        problem = "not a regular file" if path.exists() else "config file not found"
+        raise UserError(f"{path}: {problem}; give the YAML config file")
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {first_line(exc)}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise UserError(
+            f"{path}: over {MAX_CONFIG_BYTES} bytes, too big for a config file; check the path"
+        )
+    try:
+        data = _parse_yaml(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -368,8 +445,7 @@ def validate(data: dict, source: str, overridden: Collection[str] = ()) -> Confi
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read, override, validate and resolve a YAML config file."""
     path = Path(path)
-    overrides = overrides or []
-    data = apply_overrides(read_yaml(path), overrides)
-    overridden = {".".join(parse_override(text)[0]) for text in overrides}
+    data = read_yaml(path)
+    overridden = apply_overrides(data, overrides or [])
     config = validate(data, str(path), overridden)
     return config.resolve_paths(path.resolve().parent, from_cwd=overridden)

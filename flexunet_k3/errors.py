@@ -20,3 +20,10 @@ def check_range(option: str, value, low, high) -> None:
     """Refuse `value` (of `option`, as the user wrote it) outside low..high; NaN too."""
     if not low <= value <= high:
         raise UserError(f"{option} {value}: need {low} to {high}")
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 image`, `2 images`, `2 classes`: the count and the noun in its number."""
+    if count == 1:
+        return f"1 {noun}"
+    return f"{count} {noun}{'es' if noun.endswith(('s', 'x', 'ch', 'sh')) else 's'}"

@@ -1,14 +1,19 @@
 """Pairing, mask colors, image reading, augmentation and the streaming loader (any backend)."""
 
+import io
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import array_shapes, arrays
 from PIL import Image
 
 from flexunet_k3.config import AugmentConfig, Config
+from flexunet_k3.data import masks
 from flexunet_k3.data.augment import Augmenter
 from flexunet_k3.data.dataset import SegmentationDataset, dataset_from_config
 from flexunet_k3.data.images import list_images, pair_files, read_image, resize_labels
@@ -94,12 +99,14 @@ def test_unpaired_files_are_listed_in_one_error(tmp_path):
     message = str(error.value)
     assert "\n" not in message
     assert "2 images without a mask (only_image1.png, only_image2.png)" in message
-    assert "1 masks without an image (only_mask.png)" in message
+    assert "1 mask without an image (only_mask.png)" in message
 
 
 def test_missing_or_empty_folders_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="folder not found"):
         list_images(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="a.png: a file, not a folder; check the path"):
+        list_images(save(np.zeros((2, 2), np.uint8), tmp_path / "a.png"))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.md").write_text("x")
     with pytest.raises(UserError, match="no image files"):
@@ -181,6 +188,150 @@ def test_other_sizes_are_resized_and_labels_stay_ids(tmp_path):
     assert set(np.unique(labels)) <= {0, 1}
     ids = np.arange(12, dtype=np.uint8).reshape(3, 4) % 3
     assert set(np.unique(resize_labels(ids, (7, 9)))) <= {0, 1, 2}
+
+
+# ---- masks of other depths and sizes, odd files ----------------------------------------------
+
+
+def test_16_and_32_bit_masks_hold_class_ids(tmp_path):
+    ids = np.array([[0, 1, 2], [2, 1, 0]])
+    Image.fromarray(ids.astype(np.uint16)).save(tmp_path / "ids16.png")
+    Image.fromarray(ids.astype(np.int32)).save(tmp_path / "ids32.tif")
+    for name in ("ids16.png", "ids32.tif"):
+        labels, off = read_mask(tmp_path / name, RGB3)
+        assert labels.tolist() == ids.tolist() and labels.dtype == np.uint8 and off == 0
+    Image.fromarray((ids * 32767).astype(np.uint16)).save(tmp_path / "scaled.png")
+    expected = r"scaled\.png: class ids 0\.\.65534 are outside 0\.\.2 \(a 16-bit mask holds"
+    with pytest.raises(UserError, match=expected):
+        read_mask(tmp_path / "scaled.png", RGB3)
+    Image.fromarray(ids.astype(np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(UserError, match="float.tif: a floating-point image"):
+        read_mask(tmp_path / "float.tif", RGB3)
+
+
+def test_a_mask_of_another_size_than_its_image_is_refused(tmp_path):
+    root = write_split(tmp_path, count=3)
+    small = save(np.zeros((20, 30), np.uint8), root / "masks" / "002_1.png")
+    expected = f"{small}: 30x20 pixels but its image {root / 'images' / '002_1.png'} has 32x24"
+    streaming = make_dataset(root)  # the first pair, checked up front, is fine
+    for read in (lambda: streaming[1], lambda: make_dataset(root, cache="memory")):
+        with pytest.raises(UserError) as info:
+            read()
+        assert expected in str(info.value)
+    save(np.zeros((20, 30), np.uint8), root / "masks" / "000_1.png")
+    with pytest.raises(UserError, match=r"000_1\.png: 30x20 pixels but its image"):
+        make_dataset(root)
+
+
+def test_odd_npz_masks_are_refused_in_one_line(tmp_path, monkeypatch):
+    np.save(tmp_path / "plain.npy", np.zeros((2, 2), np.uint8))
+    (tmp_path / "plain.npy").rename(tmp_path / "plain.npz")  # an .npy, not an archive
+    np.savez(tmp_path / "empty.npz", labels=np.zeros((0, 4), np.uint8))
+    np.savez(tmp_path / "objects.npz", labels=np.array([[None]], object))
+    for name, expected in [
+        ("plain.npz", "plain.npz: cannot read mask (File is not a zip file)"),
+        ("empty.npz", "empty.npz: expected a 2D integer label array, got uint8 (0, 4)"),
+        ("objects.npz", "objects.npz: cannot read mask (Object arrays cannot be loaded"),
+    ]:
+        with pytest.raises(UserError) as info:
+            read_mask(tmp_path / name, BW)
+        assert expected in str(info.value) and "\n" not in str(info.value)
+    np.savez(tmp_path / "big.npz", labels=np.zeros((64, 64), np.uint8))
+    monkeypatch.setattr(masks, "_MAX_NPZ_BYTES", 64 * 64)  # the header is more
+    with pytest.raises(UserError, match="big.npz: the array 'labels' is too big for a mask"):
+        read_mask(tmp_path / "big.npz", BW)
+
+
+def test_one_off_color_pixel_is_counted_in_the_singular(tmp_path):
+    root = write_split(tmp_path, count=2)
+    mask = np.asarray(Image.open(root / "masks" / "000_1.png")).copy()
+    mask[0, 0] = 128
+    save(mask, root / "masks" / "000_1.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        all_batches(make_dataset(root))
+    first, total = [str(w.message) for w in caught]
+    assert "000_1.png: 1 pixel is not exactly a class color" in first
+    assert "1 pixel in 1 mask is not exactly a class color" in total
+
+
+# ---- properties: any file is read, or refused in one line ------------------------------------
+
+PROPERTY = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def _encoded(array, suffix: str) -> bytes:
+    buffer = io.BytesIO()
+    if suffix == ".npz":
+        np.savez(buffer, labels=array)
+    else:
+        Image.fromarray(array).save(buffer, format={".png": "PNG", ".tif": "TIFF"}[suffix])
+    return buffer.getvalue()
+
+
+SAMPLES = {
+    suffix: [_encoded(np.arange(12, dtype=dtype).reshape(3, 4) % 3, suffix) for dtype in dtypes]
+    for suffix, dtypes in [
+        (".png", [np.uint8, np.uint16]),
+        (".tif", [np.uint8, np.uint16, np.int32, np.float32]),
+        (".npz", [np.uint8, np.int64]),
+    ]
+}
+
+
+@st.composite
+def damaged(draw, suffix):
+    """A sample file of `suffix` with some bytes changed and maybe its end cut off."""
+    data = bytearray(draw(st.sampled_from(SAMPLES[suffix])))
+    for index, value in draw(st.lists(st.tuples(st.integers(0), st.integers(0, 255)), max_size=6)):
+        data[index % len(data)] = value
+    return bytes(data[: draw(st.integers(0, len(data)))])
+
+
+def reads_or_refuses(path):
+    readers = [lambda: read_mask(path, RGB3)]
+    if path.suffix != ".npz":
+        readers.append(lambda: read_image(path, 3))
+    for read in readers:
+        try:
+            read()
+        except UserError as exc:
+            assert "\n" not in str(exc)
+
+
+@PROPERTY
+@given(suffix=st.sampled_from(sorted(SAMPLES)), data=st.data())
+def test_any_bytes_as_a_mask_or_image_are_read_or_refused(tmp_path, suffix, data):
+    content = data.draw(st.binary(max_size=200) | damaged(suffix))
+    path = tmp_path / f"file{suffix}"
+    path.write_bytes(content)
+    reads_or_refuses(path)
+
+
+@PROPERTY
+@given(
+    array=arrays(
+        st.sampled_from([np.uint8, np.uint16, np.int32, np.int64, np.float32, np.bool_]),
+        array_shapes(min_dims=1, max_dims=3, max_side=4),
+    ),
+    suffix=st.sampled_from(sorted(SAMPLES)),
+)
+def test_any_array_saved_as_a_mask_is_read_as_class_ids_or_refused(tmp_path, array, suffix):
+    path = tmp_path / f"mask{suffix}"
+    try:
+        path.write_bytes(_encoded(array, suffix))
+    except (TypeError, KeyError, OSError, ValueError):
+        return  # Pillow cannot save it in this format
+    try:
+        labels, _ = read_mask(path, RGB3)
+    except UserError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert labels.dtype == np.uint8 and labels.ndim == 2 and labels.max() <= 2
+        if suffix == ".npz" or array.dtype in (np.uint16, np.int32):  # class ids, read as such
+            assert np.array_equal(labels, array.reshape(labels.shape))
 
 
 # ---- augmentation ----------------------------------------------------------------------------

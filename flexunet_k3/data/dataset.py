@@ -24,7 +24,7 @@ from flexunet_k3.data.images import (
     to_float,
 )
 from flexunet_k3.data.masks import read_mask, warn_off_color
-from flexunet_k3.errors import UserError
+from flexunet_k3.errors import UserError, plural
 from flexunet_k3.files import replacing, write_json
 from flexunet_k3.progress import track
 
@@ -32,10 +32,16 @@ Size = tuple[int, int]
 
 
 def load_pair(image_path: Path, mask_path: Path, size: Size, channels: int, colors):
-    """(uint8 (h, w, C) image, uint8 (h, w) labels, off-color pixel count) at `size`."""
-    image = resize_image(read_image(image_path, channels), size)
+    """(uint8 (h, w, C) image, uint8 (h, w) labels, off-color pixel count) at `size`; a
+    UserError where the mask's size is not its image's."""
+    image = read_image(image_path, channels)
     labels, off_color = read_mask(mask_path, colors)
-    return image, resize_labels(labels, size), off_color
+    if labels.shape != image.shape[:2]:
+        raise UserError(
+            f"{mask_path}: {labels.shape[1]}x{labels.shape[0]} pixels but its image "
+            f"{image_path} has {image.shape[1]}x{image.shape[0]}; a mask needs its image's size"
+        )
+    return resize_image(image, size), resize_labels(labels, size), off_color
 
 
 class SegmentationDataset(keras.utils.PyDataset):
@@ -94,7 +100,7 @@ class SegmentationDataset(keras.utils.PyDataset):
             self._images, self._labels = (np.empty(shape, np.uint8) for shape in self._shapes())
             self._fill_cache(workers)
         elif self.pairs:
-            self._check_first_mask()
+            self._check_first_pair()
         self.set_epoch(0)
 
     def __len__(self) -> int:
@@ -198,16 +204,17 @@ class SegmentationDataset(keras.utils.PyDataset):
             self._labels.flush()
         write_json(done, {"off_color": self._off_color.tolist()})
 
-    def _check_first_mask(self) -> None:
-        """Streaming warns of off-color masks only once all are read: look at one up front, so
-        that an image folder given as the masks' is noticed before training rather than after."""
-        mask_path = self.pairs[0][1]
-        _, off_color = read_mask(mask_path, self.colors)
+    def _check_first_pair(self) -> None:
+        """Streaming warns of off-color masks only once all are read: read one pair up front, so
+        that an image folder given as the masks' (or masks of another size) shows before
+        training rather than after."""
+        _, _, off_color = self._load(0)
         if off_color:
+            verb = "is" if off_color == 1 else "are"
             warnings.warn(
-                f"{mask_path}: {off_color} pixels are not exactly a class color; check "
-                "data.classes and that this folder holds masks, not images (a total follows once "
-                "every mask has been read)",
+                f"{self.pairs[0][1]}: {plural(off_color, 'pixel')} {verb} not exactly a class "
+                "color; check data.classes and that this folder holds masks, not images (a total "
+                "follows once every mask has been read)",
                 stacklevel=3,
             )
 

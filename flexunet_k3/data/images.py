@@ -8,22 +8,27 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from flexunet_k3.errors import UserError
+from flexunet_k3.errors import UserError, first_line, plural
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_SUFFIXES = (*IMAGE_SUFFIXES, ".npz")
+_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")  # those of IMAGE_SUFFIXES, whatever the suffix says
 _GRAY_BANDS = {"L", "1", "A", "I", "F"}
+_DEEP_GRAY = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _SHOWN = 5
 
 
-def open_image(path: Path) -> Image.Image:
-    """A decoded image in mode "L" (gray) or "RGB"; alpha dropped, 16-bit scaled to 8-bit."""
+def open_image(path: Path, keep_depth: bool = False) -> Image.Image:
+    """A decoded image in mode "L" (gray) or "RGB"; alpha dropped, 16- and 32-bit gray scaled to
+    8-bit, or kept as they are (modes "I;16", "I", "F") when `keep_depth`."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=_FORMATS) as img:
             img.load()
-            return _to_8bit(img)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise UserError(f"{path}: cannot read image ({exc}); replace or remove the file") from None
+            return img if keep_depth and img.mode in _DEEP_GRAY else _to_8bit(img)
+    except Exception as exc:  # Pillow's decoders raise many types on a damaged file
+        raise UserError(
+            f"{path}: cannot read image ({first_line(exc)}); replace or remove the file"
+        ) from None
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -84,7 +89,8 @@ def list_images(folder: Path, suffixes=IMAGE_SUFFIXES) -> tuple[list[Path], list
     """(sorted image files, names of other files) in `folder`; hidden files are ignored."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"{folder}: folder not found; check the path")
+        problem = "a file, not a folder" if folder.exists() else "folder not found"
+        raise UserError(f"{folder}: {problem}; check the path")
     paths, skipped = [], []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.is_dir():
@@ -130,10 +136,10 @@ def pair_files(
         problems = []
         if lonely_images:
             names = [images[stem].name for stem in lonely_images]
-            problems.append(f"{len(names)} images without a mask ({_listing(names)})")
+            problems.append(f"{plural(len(names), 'image')} without a mask ({_listing(names)})")
         if lonely_masks:
             names = [masks[stem].name for stem in lonely_masks]
-            problems.append(f"{len(names)} masks without an image ({_listing(names)})")
+            problems.append(f"{plural(len(names), 'mask')} without an image ({_listing(names)})")
         raise UserError(
             f"{images_dir} and {masks_dir} do not pair up: {'; '.join(problems)}; "
             "each image needs a mask with the same file name (any extension)"
