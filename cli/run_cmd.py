@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from flexunet_k3.config import Config, load_config
-from flexunet_k3.errors import UserError
+from flexunet_k3.errors import UserError, plural
 from flexunet_k3.files import refuse_overwriting
 from flexunet_k3.interrupt import deferred
 from flexunet_k3.run_folder import EVALUATION_FILES, RunFolder
@@ -82,7 +82,7 @@ def train(
              "raise train.epochs to train longer")
         return
     _say(
-        f"{state.status.replace('_', ' ')} after {state.epoch} epochs; best val_loss "
+        f"{state.status.replace('_', ' ')} after {plural(state.epoch, 'epoch')}; best val_loss "
         f"{state.best_val_loss:.4g} at epoch {state.best_epoch}; outputs in {run.root}"
     )
 
@@ -193,8 +193,9 @@ def evaluate(
                 if output is None:
                     run.claim(folder / name for name in EVALUATION_FILES)
                 write_report(report, folder)
-    table = Table("metric", "value", "counted", title=f"evaluation ({report.summary['images']} "
-                  f"images, {report.summary['cases']} cases)")
+    summary = report.summary
+    counts = f"{plural(summary['images'], 'image')}, {plural(summary['cases'], 'case')}"
+    table = Table("metric", "value", "counted", title=f"evaluation ({counts})")
     for row in summary_rows(report.summary):
         table.add_row(*row)
     console.print(table)
@@ -236,7 +237,7 @@ def _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, 
                 if output is None:
                     run.claim(folder / name for name in ve.REPORT_FILES)
     table = Table("metric", "mean ± std", "median", "counted",
-                  title=f"whole-volume scores ({report.summary['volumes']} volumes, "
+                  title=f"whole-volume scores ({plural(report.summary['volumes'], 'volume')}, "
                   f"surface Dice at {tolerance_mm:g} mm)")
     for row in ve.summary_rows(report.summary):
         table.add_row(*row)
@@ -298,10 +299,10 @@ def infer(
             )
     if result.skipped:
         errors.print(
-            f"warning: skipped {len(result.skipped)} non-image files in {images_dir}: "
+            f"warning: skipped {plural(len(result.skipped), 'non-image file')} in {images_dir}: "
             + ", ".join(result.skipped), style="yellow", markup=False, soft_wrap=True,
         )
-    _say(f"wrote {result.written} masks to {result.output_dir}")
+    _say(f"wrote {plural(result.written, 'mask')} to {result.output_dir}")
 
 
 def _infer_volumes(config, overrides, volumes, split, images, probabilities, output,
@@ -326,4 +327,4 @@ def _infer_volumes(config, overrides, volumes, split, images, probabilities, out
         with _warnings_as_lines(), run.locked_for(output_dir, "flexunet infer"):
             result = infer_volumes(_best_model(run, cfg), cfg, inputs, output_dir, window=window,
                                    probabilities=probabilities, overwrite=overwrite)
-    _say(f"wrote {len(result.written)} label volumes to {result.output_dir}")
+    _say(f"wrote {plural(len(result.written), 'label volume')} to {result.output_dir}")

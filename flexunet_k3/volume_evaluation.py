@@ -16,7 +16,7 @@ import numpy as np
 
 from flexunet_k3.config import Config
 from flexunet_k3.data.nifti import Volume
-from flexunet_k3.errors import UserError
+from flexunet_k3.errors import UserError, plural
 from flexunet_k3.evaluation import csv_text
 from flexunet_k3.files import refuse_overwriting, write_json, write_text
 from flexunet_k3.progress import track
@@ -130,7 +130,7 @@ def summary_rows(summary: dict) -> list[tuple[str, str, str, str]]:
     for name, stats in summary["classes"].items():
         for key in SCORES:
             s = stats[key]
-            counted = f"{s['counted']} volumes"
+            counted = plural(s["counted"], "volume")
             if s["both_empty"]:
                 counted += f"; {s['both_empty']} both empty, left out"
             if s["not_finite"]:

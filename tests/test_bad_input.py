@@ -1,0 +1,428 @@
+"""Bad input, table-driven: each case exits 2 with one line naming the culprit, no traceback,
+and leaves every file in its folder as it was (checksums before and after) with nothing added.
+
+Cases run the command line in this process (`flexunet_k3.cli.app.run`, what the console script
+calls), which is fast; those that could hang if the check failed (a pipe as input) run the
+console script in a subprocess with a timeout, and so do those that could exhaust memory.
+"""
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+from conftest import BACKEND_NOISE, TINY
+from PIL import Image
+
+from flexunet_k3.cli.app import run
+
+INI = """[model]
+image_width = 32
+image_height = 32
+[train]
+epochs = 2
+"""
+
+
+@dataclass
+class Case:
+    id: str
+    args: list[str]  # "{t}" stands for the case's folder
+    fragments: tuple[str, ...]
+    setup: Callable[[Path], None] = lambda t: None
+    code: int = 2
+    subprocess: bool = False  # run the console script (a case that could hang or blow up)
+
+
+# ---- builders -------------------------------------------------------------------------------
+
+
+def text(name: str, content: str | bytes) -> Callable[[Path], None]:
+    def write(t: Path) -> None:
+        path = t / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    return write
+
+
+def config(**sections) -> Callable[[Path], None]:
+    """config.yaml: the tiny test config with `sections` merged in (None removes a key)."""
+    data = {key: dict(value) for key, value in TINY.items()}
+    for section, values in sections.items():
+        if not isinstance(values, dict):
+            data[section] = values
+            continue
+        for key, value in values.items():
+            data.setdefault(section, {})[key] = value
+    return text("config.yaml", yaml.safe_dump(data))
+
+
+def raw_config(body: str) -> Callable[[Path], None]:
+    return text("config.yaml", body)
+
+
+def both(*steps) -> Callable[[Path], None]:
+    def run(t: Path) -> None:
+        for step in steps:
+            step(t)
+    return run
+
+
+def png(name: str, array: np.ndarray) -> Callable[[Path], None]:
+    def write(t: Path) -> None:
+        (t / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(t / name)
+    return write
+
+
+def npz(name: str, **arrays) -> Callable[[Path], None]:
+    def write(t: Path) -> None:
+        (t / name).parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(t / name, **arrays)
+    return write
+
+
+def nifti(name: str, data: np.ndarray, affine=None) -> Callable[[Path], None]:
+    def write(t: Path) -> None:
+        (t / name).parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(data, np.diag([0.7, 0.7, 2.5, 1]) if affine is None
+                                 else affine), t / name)
+    return write
+
+
+def folder(name: str) -> Callable[[Path], None]:
+    return lambda t: (t / name).mkdir(parents=True, exist_ok=True)
+
+
+def fifo(name: str) -> Callable[[Path], None]:
+    return lambda t: os.mkfifo(t / name)
+
+
+MASK = np.zeros((16, 16), np.uint8)
+MASK[4:9, 4:9] = 255
+VOLUME = np.zeros((12, 12, 4), np.uint8)
+VOLUME[3:7, 3:7, 1:3] = 1
+PAIR = both(png("pred/a.png", MASK), png("gt/a.png", MASK))
+VOLUMES = both(nifti("pred/a.nii.gz", VOLUME), nifti("gt/a.nii.gz", VOLUME))
+
+
+def task(dataset: dict | str, members: dict[str, bytes] | None = None) -> Callable[[Path], None]:
+    """A Decathlon task folder `task/` with this dataset.json and files."""
+    def write(t: Path) -> None:
+        root = t / "task"
+        root.mkdir()
+        body = dataset if isinstance(dataset, str) else json.dumps(dataset)
+        (root / "dataset.json").write_text(body)
+        (root / "imagesTr").mkdir()
+        for name, data in (members or {}).items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(data)
+    return write
+
+
+def nifti_bytes(data: np.ndarray) -> bytes:
+    return gzip.compress(nib.Nifti1Image(data, np.eye(4)).to_bytes())
+
+
+def tar(name: str, members: dict[str, bytes], links: dict[str, str] | None = None):
+    def write(t: Path) -> None:
+        with tarfile.open(t / name, "w") as archive:
+            for member, data in members.items():
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+            for member, target in (links or {}).items():
+                info = tarfile.TarInfo(member)
+                info.type = tarfile.SYMTYPE
+                info.linkname = target
+                archive.addfile(info)
+    return write
+
+
+PAIRS = {"training": [
+    {"image": "./imagesTr/lung_001.nii.gz", "label": "./labelsTr/lung_001.nii.gz"}]}
+NESTED = "[" * 100000 + "]" * 100000
+V = ["config", "validate", "{t}/config.yaml"]
+S = ["config", "show", "{t}/config.yaml"]
+EP = ["evaluate", "--predictions", "{t}/pred", "--masks", "{t}/gt"]
+EV = ["evaluate", "--volumes", "{t}/pred", "--labels", "{t}/gt", "--output", "{t}/out"]
+SYN = ["prepare", "synthetic", "--output", "{t}/out", "--size", "32", "--slices", "4"]
+MSD = ["prepare", "msd", "--source", "{t}/task", "--output", "{t}/out", "--size", "32"]
+IMP = ["config", "import", "{t}/a.config", "--output", "{t}/a.yaml"]
+BENCH = ["benchmark", "--config", "{t}/config.yaml"]
+
+CASES = [
+    # config files
+    Case("config-missing", V, ("config.yaml", "not found")),
+    Case("config-is-folder", V, ("config.yaml",), folder("config.yaml")),
+    Case("config-bad-yaml", V, ("not valid YAML",), raw_config("model: [1, 2\n")),
+    Case("config-a-list", V, ("expected a mapping",), raw_config("- 1\n- 2\n")),
+    Case("config-binary", V, ("config.yaml",), text("config.yaml", b"\xff\xfe\x00bad")),
+    Case("config-python-tag", V, ("config.yaml",),
+         raw_config("model: !!python/object:os.system {}\n")),
+    Case("config-duplicate-key", V, ("duplicate key",), raw_config("train: {}\ntrain: {}\n")),
+    Case("config-nested-yaml", V, ("config.yaml",), raw_config("a: " + "[" * 5000 + "]" * 5000)),
+    Case("unknown-section", V, ("colour", "unknown key"), config(colour={"a": 1})),
+    Case("unknown-key", V, ("model.size", "unknown key"), config(model={"size": 3})),
+    Case("height-not-int", V, ("model.image_height",), config(model={"image_height": "abc"})),
+    Case("height-not-divisible", V, ("image_height 30",), config(model={"image_height": 30})),
+    Case("height-huge", V, ("model.image_height",), config(model={"image_height": 10**9})),
+    Case("layers-huge", V, ("num_layers",), config(model={"num_layers": 100})),
+    Case("filters-huge", V, ("model.base_filters",), config(model={"base_filters": 10**7})),
+    Case("classes-huge", V, ("num_classes",), config(model={"num_classes": 100000})),
+    Case("channels-two", V, ("model.image_channels",), config(model={"image_channels": 2})),
+    Case("kernel-even", V, ("model.base_kernels",), config(model={"base_kernels": 4})),
+    Case("dilation-zero", V, ("model.dilation",), config(model={"dilation": 0})),
+    Case("dropout-one", V, ("model.dropout_rate",), config(model={"dropout_rate": 1.0})),
+    Case("unknown-architecture", V, ("model.name",), config(model={"name": "resnet"})),
+    Case("unknown-activation", V, ("model.activation",), config(model={"activation": "zap"})),
+    Case("epochs-negative", V, ("train.epochs",), config(train={"epochs": -3})),
+    Case("epochs-true", V, ("train.epochs",), config(train={"epochs": True})),
+    Case("epochs-huge", V, ("train.epochs",), config(train={"epochs": 10**12})),
+    Case("batch-zero", V, ("train.batch_size",), config(train={"batch_size": 0})),
+    Case("batch-huge", V, ("train.batch_size",), config(train={"batch_size": 10**9})),
+    Case("lr-nan", V, ("optimizer.learning_rate",),
+         raw_config("optimizer: {learning_rate: .nan}\n")),
+    Case("lr-inf", V, ("optimizer.learning_rate",),
+         raw_config("optimizer: {learning_rate: .inf}\n")),
+    Case("lr-negative", V, ("optimizer.learning_rate",), config(optimizer={"learning_rate": -1})),
+    Case("clip-both", V, ("clipvalue or clipnorm",),
+         config(optimizer={"clipvalue": 1.0, "clipnorm": 1.0})),
+    Case("decay-on-adam", V, ("weight_decay",), config(optimizer={"weight_decay": 0.1})),
+    Case("momentum-on-adam", V, ("momentum",), config(optimizer={"momentum": 0.9})),
+    Case("optimizer-unknown", V, ("optimizer.name",), config(optimizer={"name": "lbfgs"})),
+    Case("classes-mismatch", V, ("data.classes",),
+         config(data={"classes": [{"name": "bg", "color": [0, 0, 0]}]})),
+    Case("class-color-range", V, ("data.classes",),
+         config(data={"classes": [{"name": "bg", "color": [0, 0, 0]},
+                                  {"name": "t", "color": [300, 0, 0]}]})),
+    Case("class-duplicate-color", V, ("data.classes",),
+         config(data={"classes": [{"name": "bg", "color": [0, 0, 0]},
+                                  {"name": "t", "color": [0, 0, 0]}]})),
+    Case("class-duplicate-name", V, ("data.classes",),
+         config(data={"classes": [{"name": "t", "color": [0, 0, 0]},
+                                  {"name": "t", "color": [255, 255, 255]}]})),
+    Case("workers-zero", V, ("data.workers",), config(data={"workers": 0})),
+    Case("cache-unknown", V, ("data.cache",), config(data={"cache": "ssd"})),
+    Case("precision-unknown", V, ("train.precision",), config(train={"precision": "int8"})),
+    Case("jit-unknown", V, ("train.jit",), config(train={"jit": "maybe"})),
+    Case("loss-unknown", V, ("train.loss",), config(train={"loss": "l2"})),
+    Case("infer-batch-zero", V, ("infer.batch_size",), config(infer={"batch_size": 0})),
+    Case("augment-probability", V, ("augment.probability",), config(augment={"probability": 2})),
+    Case("augment-shrink", V, ("augment.shrink_ratios",), config(augment={"shrink_ratios": [0]})),
+    Case("show-bad", S, ("train.epochs",), config(train={"epochs": 0})),
+    # --set
+    Case("set-no-equals", [*V, "--set", "train.epochs"], ("--set", "expected section.key=value"),
+         config()),
+    Case("set-empty-key", [*V, "--set", "=3"], ("--set", "empty part"), config()),
+    Case("set-unknown-key", [*V, "--set", "train.epoch=3"], ("--set train.epoch",), config()),
+    Case("set-bad-value", [*V, "--set", "model.image_height=abc"], ("--set model.image_height",),
+         config()),
+    Case("set-true-epochs", [*V, "--set", "train.epochs=true"], ("--set train.epochs",), config()),
+    Case("set-not-a-section", [*V, "--set", "train.epochs.x=1"], ("--set", "epochs"), config()),
+    Case("set-section-scalar", [*V, "--set", "model=3"], ("--set model",), config()),
+    Case("set-nan", [*V, "--set", "optimizer.learning_rate=.nan"],
+         ("--set optimizer.learning_rate",), config()),
+    # the original's INI config
+    Case("ini-missing", IMP, ("a.config",)),
+    Case("ini-folder", IMP, ("a.config",), folder("a.config")),
+    Case("ini-garbage", IMP, ("a.config",), text("a.config", "this is not an ini file\n")),
+    Case("ini-bad-literal", IMP, ("a.config", "image_width"),
+         text("a.config", "[model]\nimage_width = 5 +\n")),
+    Case("ini-nested-literal", IMP, ("a.config",),
+         text("a.config", "[model]\nbase_kernels = " + "(" * 5000 + ")" * 5000 + "\n")),
+    Case("ini-output-is-input", ["config", "import", "{t}/a.config", "--output", "{t}/a.config",
+                                 "--overwrite"], ("a.config",), text("a.config", INI)),
+    Case("ini-output-exists", IMP, ("a.yaml", "--overwrite"),
+         both(text("a.config", INI), text("a.yaml", "mine: 1\n"))),
+    Case("ini-output-folder", IMP, ("a.yaml",), both(text("a.config", INI), folder("a.yaml"))),
+    Case("ini-augmentor-type", IMP, ("augmentor",),
+         text("a.config", INI + "[augmentor]\nrotation = True\nangles = 5\n")),
+    # evaluate --predictions: mask files
+    Case("pred-missing", EP, ("pred", "folder not found"), folder("gt")),
+    Case("gt-missing", EP, ("gt", "folder not found"), png("pred/a.png", MASK)),
+    Case("pred-empty", EP, ("pred", "no image files"), both(folder("pred"), png("gt/a.png", MASK))),
+    Case("pred-unpaired", EP, ("do not pair up",), both(PAIR, png("gt/b.png", MASK))),
+    Case("pred-corrupt-png", EP, ("a.png", "cannot read"),
+         both(text("pred/a.png", b"\x89PNG broken"), png("gt/a.png", MASK))),
+    Case("pred-size-differs", EP, ("a.png",),
+         both(png("pred/a.png", np.zeros((8, 8), np.uint8)), png("gt/a.png", MASK))),
+    Case("pred-npz-corrupt", EP, ("a.npz",),
+         both(text("pred/a.npz", b"PK\x03\x04 not a zip"), png("gt/a.png", MASK))),
+    Case("pred-npz-two-arrays", EP, ("a.npz", "labels"),
+         both(npz("pred/a.npz", x=np.zeros((16, 16), np.uint8), y=np.zeros((16, 16), np.uint8)),
+              png("gt/a.png", MASK))),
+    Case("pred-npz-3d", EP, ("a.npz",),
+         both(npz("pred/a.npz", labels=np.zeros((2, 16, 16), np.uint8)), png("gt/a.png", MASK))),
+    Case("pred-npz-not-classes", EP, ("a.npz",),
+         both(npz("pred/a.npz", labels=np.full((16, 16), 7, np.uint8)), png("gt/a.png", MASK))),
+    Case("pred-without-masks", ["evaluate", "--predictions", "{t}/pred"], ("--masks",), PAIR),
+    Case("pred-report-exists", [*EP, "--output", "{t}/out"], ("evaluation", "--overwrite"),
+         both(PAIR, text("out/evaluation.csv", "my notes\n"))),
+    Case("pred-output-is-file", [*EP, "--output", "{t}/out"], ("out",),
+         both(PAIR, text("out", "a file"))),
+    Case("pred-mask-16bit-ids", EP, ("a.png",),
+         both(png("pred/a.png", MASK), png("gt/a.png", (MASK > 0).astype(np.uint16) * 7))),
+    # prepare synthetic
+    Case("syn-cases-zero", [*SYN, "--cases", "0"], ("cases",)),
+    Case("syn-cases-huge", [*SYN, "--cases", "99999999999999999999"], ("cases",), subprocess=True),
+    Case("syn-cases-negative", [*SYN, "--cases", "-1"], ("cases",)),
+    Case("syn-size-small", [*SYN, "--size", "8"], ("size",)),
+    Case("syn-slices-zero", [*SYN, "--slices", "0"], ("slices",)),
+    Case("syn-output-is-file", SYN, ("out",), text("out", "a file")),
+    Case("syn-dataset-exists", SYN, ("dataset.json", "--overwrite"),
+         text("out/dataset.json", "{}")),
+    Case("syn-user-volumes", SYN, ("lung_001.nii.gz",), nifti("out/imagesTr/lung_001.nii.gz",
+                                                              VOLUME)),
+    # prepare msd
+    Case("msd-source-missing", MSD, ("task", "not found")),
+    Case("msd-source-empty", MSD, ("task", "empty folder"), folder("task")),
+    Case("msd-no-dataset-json", MSD, ("no dataset.json",), text("task/readme.txt", "hi")),
+    Case("msd-json-invalid", MSD, ("dataset.json",), task("{not json")),
+    Case("msd-json-nested", MSD, ("dataset.json",), task(NESTED)),
+    Case("msd-json-not-object", MSD, ("dataset.json",), task("[1, 2]")),
+    Case("msd-training-empty", MSD, ("training",), task({"training": []})),
+    Case("msd-path-parent", MSD, ("..",), task({"training": [
+        {"image": "../outside.nii.gz", "label": "./labelsTr/lung_001.nii.gz"}]})),
+    Case("msd-path-absolute", MSD, ("/etc/passwd",), task({"training": [
+        {"image": "/etc/passwd", "label": "./labelsTr/lung_001.nii.gz"}]})),
+    Case("msd-listed-missing", MSD, ("lung_001.nii.gz", "missing"), task(PAIRS)),
+    Case("msd-corrupt-volume", MSD, ("lung_001.nii.gz",), task(PAIRS, {
+        "imagesTr/lung_001.nii.gz": b"\x1f\x8bnot gzip", "labelsTr/lung_001.nii.gz": b"x"})),
+    Case("msd-2d-volume", [*MSD, "--strict"], ("lung_001.nii.gz",), task(PAIRS, {
+        "imagesTr/lung_001.nii.gz": nifti_bytes(np.zeros((8, 8), np.int16)),
+        "labelsTr/lung_001.nii.gz": nifti_bytes(np.zeros((8, 8), np.uint8))})),
+    Case("msd-complex-volume", [*MSD, "--strict"], ("lung_001.nii.gz",), task(PAIRS, {
+        "imagesTr/lung_001.nii.gz": nifti_bytes(np.zeros((8, 8, 2), np.complex64)),
+        "labelsTr/lung_001.nii.gz": nifti_bytes(np.zeros((8, 8, 2), np.uint8))})),
+    Case("msd-window", [*MSD, "--window", "100,0"], ("window",), task(PAIRS)),
+    Case("msd-split", [*MSD, "--split", "0.5,0.5,0.5"], ("split",), task(PAIRS)),
+    Case("msd-size", [*MSD, "--size", "5"], ("size",), task(PAIRS)),
+    Case("msd-keep-empty", [*MSD, "--keep-empty", "2"], ("keep-empty",), task(PAIRS)),
+    Case("msd-workers", [*MSD, "--workers", "0"], ("workers",), task(PAIRS)),
+    Case("msd-source-fifo", ["prepare", "msd", "--source", "{t}/pipe", "--output", "{t}/out"],
+         ("pipe",), fifo("pipe"), subprocess=True),
+    Case("msd-truncated-tar", ["prepare", "msd", "--source", "{t}/t.tar", "--output", "{t}/out"],
+         ("t.tar",), text("t.tar", b"\x00" * 700)),
+    Case("msd-tar-link", ["prepare", "msd", "--source", "{t}/t.tar", "--output", "{t}/out"],
+         ("dataset.json",), tar("t.tar", {}, {"Task06_Lung/dataset.json": "/etc/passwd"})),
+    Case("msd-output-holds-dataset", MSD, ("already holds a dataset",),
+         both(task(PAIRS, {"imagesTr/lung_001.nii.gz": nifti_bytes(np.zeros((8, 8, 2), np.int16)),
+                           "labelsTr/lung_001.nii.gz": nifti_bytes(VOLUME[:8, :8, :2])}),
+              text("out/statistics.json", "{}"))),
+    Case("stats-not-dataset", ["prepare", "stats", "{t}/out"], ("out",), folder("out")),
+    Case("stats-json-not-object", ["prepare", "stats", "{t}/out"], ("statistics.json",),
+         both(png("out/train/images/1_1.png", MASK), png("out/train/masks/1_1.png", MASK),
+              text("out/statistics.json", "[1]"))),
+    # whole volumes: evaluate --volumes PRED --labels GT
+    Case("vol-pred-empty", EV, ("pred", "no .nii"), both(folder("pred"), folder("gt"))),
+    Case("vol-pred-2d", EV, ("a.nii.gz", "2D"),
+         both(nifti("pred/a.nii.gz", np.zeros((8, 8), np.uint8)), nifti("gt/a.nii.gz", VOLUME))),
+    Case("vol-pred-4d", EV, ("a.nii.gz", "4D"),
+         both(nifti("pred/a.nii.gz", np.zeros((8, 8, 2, 2), np.uint8)),
+              nifti("gt/a.nii.gz", VOLUME))),
+    Case("vol-pred-not-nifti", EV, ("a.nii.gz", "not a readable NIfTI"),
+         both(text("pred/a.nii.gz", "hello"), nifti("gt/a.nii.gz", VOLUME))),
+    Case("vol-pred-complex", EV, ("a.nii", "complex"),
+         both(nifti("pred/a.nii", VOLUME.astype(np.complex64)), nifti("gt/a.nii", VOLUME))),
+    Case("vol-shape", EV, ("a.nii.gz", "shape"),
+         both(nifti("pred/a.nii.gz", VOLUME[:, :, :3]), nifti("gt/a.nii.gz", VOLUME))),
+    Case("vol-affine", EV, ("a.nii.gz", "affine"),
+         both(nifti("pred/a.nii.gz", VOLUME, np.eye(4)), nifti("gt/a.nii.gz", VOLUME))),
+    Case("vol-label-not-classes", EV, ("a.nii.gz", "classes"),
+         both(nifti("pred/a.nii.gz", VOLUME), nifti("gt/a.nii.gz", VOLUME * 5))),
+    Case("vol-label-fractional", EV, ("a.nii.gz", "whole numbers"),
+         both(nifti("pred/a.nii.gz", VOLUME), nifti("gt/a.nii.gz", VOLUME * 0.5))),
+    Case("vol-no-label", EV, ("no label for b",), both(VOLUMES, nifti("pred/b.nii.gz", VOLUME))),
+    Case("vol-without-labels", ["evaluate", "--volumes", "{t}/pred"], ("--labels",), VOLUMES),
+    Case("vol-report-exists", EV, ("evaluation_volumes", "--overwrite"),
+         both(VOLUMES, text("out/evaluation_volumes.csv", "mine\n"))),
+    Case("vol-pred-fifo", EV, ("pred",), both(folder("gt"), fifo("pred")), subprocess=True),
+    Case("vol-tolerance", [*EV, "--tolerance-mm", "-1"], ("tolerance",), VOLUMES),
+    Case("vol-alone-no-config", ["evaluate", "--volumes"], ("--config",)),
+    # benchmark options
+    Case("bench-backend", [*BENCH, "--backends", "mxnet"], ("mxnet",), config()),
+    Case("bench-precision", [*BENCH, "--precision", "fp8"], ("fp8",), config()),
+    Case("bench-steps", [*BENCH, "--steps", "0"], ("steps",), config()),
+    Case("bench-timeout", [*BENCH, "--timeout", "0"], ("timeout",), config()),
+    # usage
+    Case("unknown-command", ["fly"], ("fly",)),
+    Case("unknown-option", ["config", "validate", "--colour"], ("--colour",)),
+    Case("infer-images-and-volumes", ["infer", "--config", "{t}/config.yaml", "--images", "{t}",
+                                      "--volumes", "{t}"], ("--images and --volumes",), config()),
+    Case("infer-bad-split", ["infer", "--config", "{t}/config.yaml", "--split", "train"],
+         ("--split train",), config()),
+    Case("train-config-missing", ["train", "--config", "{t}/none.yaml"], ("none.yaml",)),
+    Case("train-set-bad", ["train", "--config", "{t}/config.yaml", "--set", "train.epochs=0"],
+         ("--set train.epochs",), config()),
+]
+
+
+def checksums(root: Path) -> dict[str, str]:
+    """sha256 of every regular file under root; special files and folders by kind."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        key = path.relative_to(root).as_posix()
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            found[key] = "special"
+        elif path.is_dir():
+            found[key] = "folder"
+        else:
+            found[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def run_case(case: Case, tmp_path: Path, capsys) -> tuple[int, str]:
+    """(exit code, stderr) of the case's command line, its folder checked unchanged."""
+    case.setup(tmp_path)
+    before = checksums(tmp_path)
+    args = [arg.replace("{t}", str(tmp_path)) for arg in case.args]
+    if case.subprocess:
+        done = subprocess.run(["flexunet", *args], capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+        code, stderr = done.returncode, done.stderr + done.stdout
+    else:
+        code = run(args)
+        stderr = capsys.readouterr().err
+    assert checksums(tmp_path) == before, "files changed, were lost or were left behind"
+    return code, stderr
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input(case, tmp_path, capsys):
+    code, stderr = run_case(case, tmp_path, capsys)
+    lines = [line for line in stderr.strip().splitlines() if not BACKEND_NOISE.match(line)]
+    assert code == case.code, stderr
+    assert "Traceback" not in stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for fragment in case.fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_ids_are_unique_and_there_are_a_hundred():
+    assert len({case.id for case in CASES}) == len(CASES) >= 100
+
+
+def test_ctrl_c_during_prepare_synthetic_leaves_nothing(tmp_path):
+    process = subprocess.Popen(["flexunet", *[a.replace("{t}", str(tmp_path)) for a in SYN],
+                                "--cases", "200"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    time.sleep(3)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode in (130, 0), stderr
+    if process.returncode == 130:
+        assert stderr.rstrip().endswith("interrupted")
+        assert checksums(tmp_path) == {}
