@@ -184,11 +184,7 @@ def evaluate(
             run = RunFolder(cfg.train.output_dir)
             folder = output or run.root
             with _warnings_as_lines(), run.locked_for(folder, "flexunet evaluate"):
-                ours = run.owned() if output is None else set()  # replaced without --overwrite
-                refuse_overwriting(
-                    folder, [name for name in EVALUATION_FILES if folder / name not in ours],
-                    overwrite,
-                )
+                _refuse_others(run, folder, EVALUATION_FILES, overwrite, ours=output is None)
                 report = evaluate_model(_best_model(run, cfg), cfg)
                 if output is None:
                     run.claim(folder / name for name in EVALUATION_FILES)
@@ -203,6 +199,13 @@ def evaluate(
          "evaluation_per_case.csv beside it")
 
 
+def _refuse_others(run: RunFolder, folder: Path, names, overwrite: bool, *, ours: bool) -> None:
+    """Refuse files under `names` in `folder` unless --overwrite; in the run folder (`ours`)
+    those the run wrote itself are replaced without it."""
+    owned = run.owned() if ours else set()
+    refuse_overwriting(folder, [name for name in names if folder / name not in owned], overwrite)
+
+
 def _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, output,
                       overwrite) -> None:
     """`evaluate --volumes PRED --labels GT`, or `evaluate --config F --volumes`."""
@@ -213,10 +216,11 @@ def _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, 
             raise UserError("--volumes PRED needs --labels GT (the ground-truth label NIfTIs); "
                             "or give --volumes alone with --config to score the trained model")
         cfg = load_config(config, overrides) if config is not None else Config()
+        folder = output or Path(volumes) / "evaluation"
+        refuse_overwriting(folder, ve.REPORT_FILES, overwrite)
         report = ve.evaluate_volume_files(Path(volumes), labels,
                                           [spec.name for spec in cfg.data.classes], tolerance_mm)
-        folder = output or Path(volumes) / "evaluation"
-        ve.write_volume_report(report, folder, overwrite)
+        ve.write_volume_report(report, folder)
     else:
         if labels is not None or config is None:
             raise UserError("--volumes alone scores the trained model on the held-out test "
@@ -231,11 +235,12 @@ def _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, 
             run = RunFolder(cfg.train.output_dir)
             folder = output or run.root
             with _warnings_as_lines(), run.locked_for(folder, "flexunet evaluate"):
+                _refuse_others(run, folder, ve.REPORT_FILES, overwrite, ours=output is None)
                 model = _best_model(run, cfg)
                 report = ve.evaluate_held_out(model, cfg, inputs, window, tolerance_mm)
-                ve.write_volume_report(report, folder, overwrite)  # refuses before writing
                 if output is None:
                     run.claim(folder / name for name in ve.REPORT_FILES)
+                ve.write_volume_report(report, folder)
     table = Table("metric", "mean ± std", "median", "counted",
                   title=f"whole-volume scores ({plural(report.summary['volumes'], 'volume')}, "
                   f"surface Dice at {tolerance_mm:g} mm)")

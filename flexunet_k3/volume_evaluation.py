@@ -18,7 +18,7 @@ from flexunet_k3.config import Config
 from flexunet_k3.data.nifti import Volume
 from flexunet_k3.errors import UserError, plural
 from flexunet_k3.evaluation import csv_text
-from flexunet_k3.files import refuse_overwriting, write_json, write_text
+from flexunet_k3.files import write_json, write_text
 from flexunet_k3.progress import track
 from flexunet_k3.volume_inference import VolumeInput, segment_volume, volumes_at
 from flexunet_k3.volume_scores import score_volume, summarize
@@ -118,8 +118,8 @@ def _summary(rows: list[dict], class_names: Sequence[str], tolerance_mm: float) 
     }
 
 
-def write_volume_report(report: VolumeReport, folder: Path, overwrite: bool) -> None:
-    refuse_overwriting(folder, REPORT_FILES, overwrite)
+def write_volume_report(report: VolumeReport, folder: Path) -> None:
+    """evaluation_volumes.csv (a row per volume and class) and evaluation_volumes.json."""
     write_text(folder / REPORT_FILES[0], csv_text(report.rows))
     write_json(folder / REPORT_FILES[1], report.summary)
 
