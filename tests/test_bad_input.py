@@ -416,13 +416,14 @@ def test_ids_are_unique_and_there_are_a_hundred():
 
 
 def test_ctrl_c_during_prepare_synthetic_leaves_nothing(tmp_path):
-    process = subprocess.Popen(["flexunet", *[a.replace("{t}", str(tmp_path)) for a in SYN],
-                                "--cases", "200"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    time.sleep(3)
+    args = [arg.replace("{t}", str(tmp_path)) for arg in SYN]
+    process = subprocess.Popen(["flexunet", *args, "--cases", "2000"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(tmp_path.iterdir()) and time.monotonic() < deadline:  # its staging folder
+        time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode in (130, 0), stderr
-    if process.returncode == 130:
-        assert stderr.rstrip().endswith("interrupted")
-        assert checksums(tmp_path) == {}
+    assert process.returncode == 130, stderr
+    assert stderr.rstrip().endswith("interrupted") and "Traceback" not in stderr
+    assert checksums(tmp_path) == {}  # the staging folder is gone, no output folder made
