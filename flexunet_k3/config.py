@@ -130,7 +130,8 @@ class ModelConfig(Section):
 
 class OptimizerConfig(Section):
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    learning_rate: Real = Field(5e-5, gt=0, le=10)
+    # any finite float32 rate: a huge one is how a run is made to diverge on purpose
+    learning_rate: Real = Field(5e-5, gt=0, le=3.4e38)
     clipvalue: Real | None = Field(None, gt=0)
     clipnorm: Real | None = Field(None, gt=0)
     weight_decay: Real | None = Field(None, ge=0, le=1)
