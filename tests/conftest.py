@@ -1,16 +1,85 @@
-"""Shared fixtures: a tiny PNG dataset of 'patients' and a tiny run config for it."""
+"""Which modules need no backend; shared fixtures: a tiny PNG dataset of 'patients' and a tiny
+run config for it."""
 
 import contextlib
+import csv
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
+
+# The modules whose tests exercise no Keras backend: config parsing, the CLI where it stops before
+# keras is imported, file handling, prepare and synthetic data, statistics, INI import, numpy
+# scores. They import nothing that imports keras. Their tests are marked `no_backend`; nox runs
+# them once, in the session `tests_no_backend` where no backend is installed, and the per-backend
+# sessions leave them out. A test that builds a model, trains, or runs a command that loads the
+# backend goes in another module (all tests outside this list run once per backend).
+NO_BACKEND_MODULES = frozenset({
+    "test_bad_input.py",
+    "test_cli.py",
+    "test_config.py",
+    "test_config_bounds.py",
+    "test_config_import.py",
+    "test_evaluate_masks.py",
+    "test_images.py",
+    "test_interrupt.py",
+    "test_memory.py",
+    "test_prepare.py",
+    "test_prepare_safety.py",
+    "test_volume_scores.py",
+})
+
+
+_OUR_JAX_CACHE = "FLEXUNET_TESTS_JAX_CACHE"  # set where this conftest made the cache folder
+
+
+def pytest_configure(config):
+    # Under JAX most of the suite's time is XLA compiling the same tiny models again, here and
+    # in each `flexunet` subprocess: they share compilations through a cache kept for this run.
+    # JAX reads these when it is imported; subprocesses inherit them; other backends ignore
+    # them. Each pytest-xdist worker gets a cache of its own (JAX's writes are not atomic), and
+    # a JAX_COMPILATION_CACHE_DIR set beforehand is left as it is.
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") and not os.environ.get(_OUR_JAX_CACHE):
+        return
+    folder = tempfile.mkdtemp(prefix="flexunet-jax-cache-")
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+    os.environ.update({
+        _OUR_JAX_CACHE: "1",
+        "JAX_COMPILATION_CACHE_DIR": folder,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    })
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Under `-m no_backend` (the nox session without a backend) the other test modules, which
+    hold no such test, are not even imported: most import keras."""
+    name = collection_path.name
+    if config.getoption("markexpr") == "no_backend" and name.startswith("test_"):
+        if name.endswith(".py") and name not in NO_BACKEND_MODULES:
+            return True
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by markers
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in NO_BACKEND_MODULES:
+            item.add_marker(pytest.mark.no_backend)
+        elif item.get_closest_marker("no_backend"):
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked no_backend but its module is not in "
+                "NO_BACKEND_MODULES (tests/conftest.py), so no session would run it"
+            )
+
 
 SIZE = 32
 TINY = {
@@ -88,6 +157,11 @@ def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) ->
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as file:
+        return list(csv.DictReader(file))
 
 
 @pytest.fixture(scope="session")

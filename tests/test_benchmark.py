@@ -5,7 +5,7 @@ from pathlib import Path
 
 import keras
 import pytest
-from conftest import assert_one_line_error, flexunet
+from conftest import flexunet
 
 from flexunet_k3 import benchmark
 from flexunet_k3.benchmark import Case, forward_flops, run_case
@@ -59,9 +59,3 @@ def test_a_case_that_cannot_run_is_a_row_with_the_reason(tiny_config, tmp_path, 
     monkeypatch.setattr(benchmark, "installed_backends", lambda: [])
     absent = run_case(str(tiny_config), [], case, timeout=600)
     assert absent.error == f"{case.backend} is not installed"
-
-
-def test_bad_options_exit_2_with_one_line(tiny_config):
-    for option, value in (("--backends", "tf"), ("--precision", "float64"), ("--jit", "maybe")):
-        done = flexunet("benchmark", "--config", str(tiny_config), option, value)
-        assert_one_line_error(done, option, repr(value))

@@ -1,6 +1,6 @@
-"""The command line: start-up imports, global options, info, summary, config commands."""
+"""The command line where it needs no backend: start-up imports, help, config commands, and bad
+input that is refused before keras is imported (`info` and `summary`: test_cli_backend.py)."""
 
-import os
 import re
 import subprocess
 import sys
@@ -32,20 +32,6 @@ def test_cli_import_loads_no_keras_or_backend(tmp_path):
 def test_help_and_version():
     assert "prepare" in flexunet("--help").stdout or "config" in flexunet("--help").stdout
     assert flexunet("--version").stdout.strip().startswith("flexunet-k3 ")
-
-
-def test_info_names_the_backend_in_use():
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    done = flexunet("info")
-    assert done.returncode == 0, done.stderr
-    assert re.search(rf"backend in use\s+.*{backend}", done.stdout)
-    assert "devices" in done.stdout and "keras" in done.stdout
-
-
-def test_summary_prints_the_originals_parameter_count():
-    done = flexunet("summary", "--config", str(REPO / "configs" / "lung.yaml"))
-    assert done.returncode == 0, done.stderr
-    assert "Total params: 124,996,866" in done.stdout
 
 
 def test_unknown_backend_is_one_line():
@@ -118,24 +104,15 @@ def test_config_schema_is_json():
     assert "properties" in json.loads(flexunet("config", "schema").stdout)
 
 
-@pytest.mark.skipif(
-    not os.environ.get("FLEXUNET_ORIGINAL_CONFIG"),
-    reason="FLEXUNET_ORIGINAL_CONFIG (the original's lung INI) is not set",
-)
-def test_config_import_of_the_original_builds_the_lung_model(tmp_path):
-    out = tmp_path / "lung.yaml"
-    done = flexunet("config", "import", os.environ["FLEXUNET_ORIGINAL_CONFIG"], "-o", str(out))
-    assert done.returncode == 0, done.stderr
-    assert "model.model" in done.stderr  # unmapped keys are listed
-    assert flexunet("config", "validate", str(out)).returncode == 0
-    assert "Total params: 124,996,866" in flexunet("summary", "-c", str(out)).stdout
-    again = flexunet("config", "import", os.environ["FLEXUNET_ORIGINAL_CONFIG"], "-o", str(out))
-    assert_one_line_error(again, "already exists")
-
-
 def test_an_errors_first_line_stands_for_it_in_one_line_messages():
     from flexunet_k3.errors import first_line
 
     assert first_line(OSError("bad header:\n  tried gzip\n  tried bz2")) == "bad header"
     assert first_line(ValueError("x" * 300), typed=True) == "ValueError: " + "x" * 200
     assert first_line(KeyError(), typed=True) == first_line(KeyError()) == "KeyError"
+
+
+def test_benchmark_bad_options_exit_2_with_one_line(tiny_config):
+    for option, value in (("--backends", "tf"), ("--precision", "float64"), ("--jit", "maybe")):
+        done = flexunet("benchmark", "--config", str(tiny_config), option, value)
+        assert_one_line_error(done, option, repr(value))

@@ -1,4 +1,5 @@
-"""Config loading, validation messages, overrides and schema (no keras)."""
+"""Config loading, validation messages, overrides and schema, and the per-level schedule
+derived from the model section (no keras)."""
 
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import yaml
 
 from flexunet_k3.config import Config, ModelConfig, load_config
 from flexunet_k3.errors import UserError
+from flexunet_k3.models.schedule import level_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 LUNG = REPO / "configs" / "lung.yaml"
@@ -121,3 +123,19 @@ def test_resolved_yaml_round_trips(tmp_path):
 def test_schema_lists_sections():
     schema = Config.model_json_schema()
     assert {"model", "optimizer", "data", "augment", "train", "infer"} <= set(schema["properties"])
+
+
+def test_schedules_shrink_to_floor():
+    levels = level_schedule(ModelConfig(base_kernels=9, dilation=3, dropout_rate=0.1))
+    assert [lv["kernel_size"][0] for lv in levels] == [9, 7, 5, 3, 3, 3, 3, 3]
+    assert [lv["dilation_rate"][0] for lv in levels] == [3, 2, 1, 1, 1, 1, 1, 1]
+    assert [lv["filters"] for lv in levels][:3] == [16, 32, 64]
+    assert levels[2]["dropout"] == pytest.approx(0.2)
+
+
+def test_unknown_architecture_and_activation_are_refused(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("model:\n  name: resnet\n  activation: bogus\n")
+    with pytest.raises(UserError, match="model.name: unknown architecture 'resnet'; known: "
+                       "flexunet; model.activation: Input should be 'relu'"):
+        load_config(path)

@@ -1,119 +1,18 @@
-"""`flexunet evaluate`: scores against an independent numpy computation, reports, portability."""
+"""`flexunet evaluate` of a trained model: its reports, Keras' own scores, bad input, portability
+(mask files scored against numpy: test_evaluate_masks.py)."""
 
-import csv
 import json
-import os
-import warnings
 import zipfile
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, flexunet, write_config
-from PIL import Image
+from conftest import assert_one_line_error, flexunet, read_csv, write_config
 
-from flexunet_k3.config import Config, load_config
+from flexunet_k3.config import load_config
 from flexunet_k3.data.dataset import dataset_from_config
 from flexunet_k3.errors import UserError
-from flexunet_k3.evaluation import evaluate_folders
 from flexunet_k3.model_io import load_trained_model
-
-SQUARE = np.zeros((16, 16), bool)
-SQUARE[2:6, 2:6] = True
-# (truth, prediction) per slice: overlap, both empty, a false positive; a miss, a perfect hit.
-SLICES = {
-    "A_1.png": (SQUARE, np.roll(SQUARE, 1, axis=(0, 1))),
-    "A_2.png": (np.zeros((16, 16), bool), np.zeros((16, 16), bool)),
-    "A_3.png": (np.zeros((16, 16), bool), np.roll(SQUARE, 8, axis=0)),
-    "B_1.png": (SQUARE, np.zeros((16, 16), bool)),
-    "B_2.png": (np.roll(SQUARE, 5, axis=1), np.roll(SQUARE, 5, axis=1)),
-}
-
-
-def read_csv(path: Path) -> list[dict]:
-    with path.open() as file:
-        return list(csv.DictReader(file))
-
-
-def dice(truth: np.ndarray, predicted: np.ndarray) -> float:
-    return 2 * (truth & predicted).sum() / (truth.sum() + predicted.sum())
-
-
-def test_scores_of_mask_files_match_numpy(tmp_path):
-    for name, (truth, predicted) in SLICES.items():
-        for folder, mask in (("truth", truth), ("predicted", predicted)):
-            (tmp_path / folder).mkdir(exist_ok=True)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / folder / name)
-    done = flexunet("evaluate", "--predictions", str(tmp_path / "predicted"),
-                    "--masks", str(tmp_path / "truth"))
-    assert done.returncode == 0, done.stderr
-    out = tmp_path / "predicted" / "evaluation"
-    summary = json.loads((out / "evaluation.json").read_text())
-    tumor = summary["classes"]["tumor"]
-
-    expected_cases = {}
-    for case in "AB":
-        truth = np.stack([t for n, (t, _) in SLICES.items() if n.startswith(case)])
-        predicted = np.stack([p for n, (_, p) in SLICES.items() if n.startswith(case)])
-        expected_cases[case] = dice(truth, predicted)
-    rows = read_csv(out / "evaluation_per_case.csv")
-    per_case = {row["case"]: float(row["dice"]) for row in rows}
-    assert per_case == pytest.approx(expected_cases)
-    assert tumor["per_case"]["dice"] == pytest.approx(np.mean(list(expected_cases.values())))
-
-    not_both_empty = [dice(t, p) for t, p in SLICES.values() if t.any() or p.any()]
-    assert tumor["per_image"]["dice"] == pytest.approx(np.mean(not_both_empty))
-    assert (tumor["per_image"]["counted"], tumor["per_image"]["both_empty"]) == (4, 1)
-    assert tumor["per_image"]["empty_truth_predicted"] == 1
-
-    one_hot = [(np.eye(2)[t.astype(int)], np.eye(2)[p.astype(int)]) for t, p in SLICES.values()]
-    original = [(2 * (t * p).sum() + 1) / (t.sum() + p.sum() + 1) for t, p in one_hot]
-    assert summary["dice_coef_multiclass"] == pytest.approx(np.mean(original))
-    assert (out / "evaluation.csv").read_text().startswith("dice_coef_multiclass,")
-    assert summary["loss"] is None
-
-
-def test_class_id_masks_are_warned_about_not_scored_silently(tmp_path):
-    for folder, scale in (("truth", 255), ("predicted", 1)):  # predicted: 0/1 class ids
-        (tmp_path / folder).mkdir()
-        for name, (truth, _) in SLICES.items():
-            Image.fromarray(truth.astype(np.uint8) * scale).save(tmp_path / folder / name)
-    done = flexunet("evaluate", "--predictions", str(tmp_path / "predicted"),
-                    "--masks", str(tmp_path / "truth"))
-    assert done.returncode == 0, done.stderr
-    warned = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
-    pixels = sum(int(truth.sum()) for truth, _ in SLICES.values())
-    masks = sum(truth.any() for truth, _ in SLICES.values())
-    assert len(warned) == 1, done.stderr
-    assert f"{tmp_path / 'predicted'}: {pixels} pixels in {masks} masks are not" in warned[0]
-    with warnings.catch_warnings():  # class colors: no warning
-        warnings.simplefilter("error")
-        evaluate_folders(tmp_path / "truth", tmp_path / "truth", Config().data.classes)
-
-
-def test_npz_predictions_of_class_ids_are_scored(tmp_path):
-    for folder in ("truth", "predicted"):
-        (tmp_path / folder).mkdir()
-    for name, (truth, predicted) in SLICES.items():
-        Image.fromarray(truth.astype(np.uint8) * 255).save(tmp_path / "truth" / name)
-        np.savez(tmp_path / "predicted" / Path(name).with_suffix(".npz"), labels=predicted)
-    report = evaluate_folders(tmp_path / "predicted", tmp_path / "truth", Config().data.classes)
-    expected = [dice(t, p) for t, p in SLICES.values() if t.any() or p.any()]
-    assert report.summary["classes"]["tumor"]["per_image"]["dice"] == pytest.approx(
-        np.mean(expected)
-    )
-
-
-def test_real_ct_masks_against_themselves_score_1():
-    folder = os.environ.get("FLEXUNET_REAL_CT")
-    if not folder:
-        pytest.skip("FLEXUNET_REAL_CT is not set (a folder with images/ and masks/ of real CT)")
-    masks = Path(folder) / "masks"
-    report = evaluate_folders(masks, masks, Config().data.classes)
-    assert len(report.per_case) == len({row["case"] for row in report.per_image}) > 1
-    assert all(row["dice"] == 1.0 and row["iou"] == 1.0 for row in report.per_case)
-    assert report.summary["classes"]["tumor"]["per_case"]["dice"] == 1.0
 
 
 def test_model_evaluation_reports_agree(trained_run, tmp_path):

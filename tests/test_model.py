@@ -1,4 +1,5 @@
-"""The FlexUNet architecture: the original's parameter count, schedules, options."""
+"""The FlexUNet architecture: the original's parameter count, output shapes, options (its
+per-level schedule and the checks of model names: test_config.py)."""
 
 from pathlib import Path
 
@@ -7,9 +8,7 @@ import pytest
 from keras import ops
 
 from flexunet_k3.config import ModelConfig, load_config
-from flexunet_k3.errors import UserError
 from flexunet_k3.models import build_model
-from flexunet_k3.models.schedule import level_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,14 +16,6 @@ REPO = Path(__file__).resolve().parents[1]
 def test_lung_model_has_the_originals_parameter_count():
     model = build_model(load_config(REPO / "configs" / "lung.yaml").model)
     assert model.count_params() == 124_996_866
-
-
-def test_schedules_shrink_to_floor():
-    levels = level_schedule(ModelConfig(base_kernels=9, dilation=3, dropout_rate=0.1))
-    assert [lv["kernel_size"][0] for lv in levels] == [9, 7, 5, 3, 3, 3, 3, 3]
-    assert [lv["dilation_rate"][0] for lv in levels] == [3, 2, 1, 1, 1, 1, 1, 1]
-    assert [lv["filters"] for lv in levels][:3] == [16, 32, 64]
-    assert levels[2]["dropout"] == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("normalization", [False, True])
@@ -55,11 +46,3 @@ def test_output_shape_and_activation(normalization, num_classes):
     assert ("BatchNormalization" in names) == normalization
     momenta = {layer.momentum for layer in model.layers if hasattr(layer, "momentum")}
     assert momenta == ({0.9} if normalization else set())
-
-
-def test_unknown_architecture_and_activation_are_refused(tmp_path):
-    path = tmp_path / "config.yaml"
-    path.write_text("model:\n  name: resnet\n  activation: bogus\n")
-    with pytest.raises(UserError, match="model.name: unknown architecture 'resnet'; known: "
-                       "flexunet; model.activation: Input should be 'relu'"):
-        load_config(path)

@@ -5,7 +5,6 @@ import math
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -80,29 +79,6 @@ def test_a_bad_image_read_during_training_is_one_user_error(tmp_path, tiny_datas
     config = write_config(tmp_path, dataset, train={"epochs": 1, "epoch_change_infer": False})
     with pytest.raises(UserError, match=f"{broken}: cannot read image"):
         train(load_config(config))  # under TensorFlow, raised inside tf.data and wrapped
-
-
-REFAULTS = """
-import resource, sys
-if sys.argv[1] == "reuse":
-    from flexunet_k3.memory import keep_freed_memory
-    assert keep_freed_memory()
-bytearray(2**26)  # 64 MiB, zero-filled and freed at once
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-bytearray(2**26)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-def test_reused_freed_memory_is_not_page_faulted_in_again():
-    def faults(mode):
-        done = subprocess.run(
-            [sys.executable, "-c", REFAULTS, mode], capture_output=True, text=True, check=True
-        )
-        return int(done.stdout)
-
-    assert faults("default") > 15_000  # 16,384 pages of 4 KiB, mapped anew
-    assert faults("reuse") < 1_000
 
 
 def test_mixed_precision_policy_is_honoured(tmp_path, tiny_dataset):

@@ -1,0 +1,39 @@
+"""The commands that load the backend without training: `info`, `summary`."""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_error, flexunet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_info_names_the_backend_in_use():
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    done = flexunet("info")
+    assert done.returncode == 0, done.stderr
+    assert re.search(rf"backend in use\s+.*{backend}", done.stdout)
+    assert "devices" in done.stdout and "keras" in done.stdout
+
+
+def test_summary_prints_the_originals_parameter_count():
+    done = flexunet("summary", "--config", str(REPO / "configs" / "lung.yaml"))
+    assert done.returncode == 0, done.stderr
+    assert "Total params: 124,996,866" in done.stdout
+
+
+@pytest.mark.skipif(
+    not os.environ.get("FLEXUNET_ORIGINAL_CONFIG"),
+    reason="FLEXUNET_ORIGINAL_CONFIG (the original's lung INI) is not set",
+)
+def test_config_import_of_the_original_builds_the_lung_model(tmp_path):
+    out = tmp_path / "lung.yaml"
+    done = flexunet("config", "import", os.environ["FLEXUNET_ORIGINAL_CONFIG"], "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "model.model" in done.stderr  # unmapped keys are listed
+    assert flexunet("config", "validate", str(out)).returncode == 0
+    assert "Total params: 124,996,866" in flexunet("summary", "-c", str(out)).stdout
+    again = flexunet("config", "import", os.environ["FLEXUNET_ORIGINAL_CONFIG"], "-o", str(out))
+    assert_one_line_error(again, "already exists")
