@@ -1,6 +1,7 @@
 """Volume inference and whole-volume evaluation: NIfTI in, NIfTI out on the source's grid."""
 
 import json
+import tarfile
 
 import keras
 import nibabel as nib
@@ -224,3 +225,18 @@ def test_cli_infer_and_evaluate_volumes(trained_run, tmp_path):
     assert_one_line_error(done, "notes.nii.gz", "not a readable NIfTI")
     assert sorted(p.name for p in output.iterdir()) == before  # staged: nothing half-written
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_decathlon_task_gives_its_test_volumes(tmp_path):
+    write_synthetic_dataset(tmp_path / "task", cases=2, size=32, slices=4, seed=5)
+    with pytest.raises(UserError, match="imagesTs: no test volumes; .* --split test"):
+        volumes_at(tmp_path / "task")
+    (tmp_path / "task" / "imagesTs").mkdir()
+    for name in ("lung_101.nii.gz", "lung_102.nii.gz"):
+        write_nifti(tmp_path / "task" / "imagesTs" / name, np.zeros((8, 8, 3), np.int16))
+    assert [item.name for item in volumes_at(tmp_path / "task")] == ["lung_101", "lung_102"]
+    with tarfile.open(tmp_path / "task.tar", "w") as archive:
+        archive.add(tmp_path / "task", arcname="Task06_Lung")
+    inputs = volumes_at(tmp_path / "task.tar")
+    assert [item.name for item in inputs] == ["lung_101", "lung_102"]
+    assert inputs[0].read().data.shape == (8, 8, 3)
