@@ -227,10 +227,11 @@ def _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, 
                             "patients: give --config (and no --labels), or --volumes PRED "
                             "--labels GT")
         with deferred():
-            cfg = _start(config, overrides)
             from flexunet_k3.volume_inference import dataset_window, held_out_volumes
 
+            cfg = load_config(config, overrides)
             inputs = held_out_volumes(cfg, source)
+            use_backend()  # after the inputs are found: a bad path is refused at once
             window = dataset_window(cfg)
             run = RunFolder(cfg.train.output_dir)
             folder = output or run.root
@@ -317,7 +318,6 @@ def _infer_volumes(config, overrides, volumes, split, images, probabilities, out
     if split not in (None, "test"):
         raise UserError(f"--split {split}: only 'test' (the held-out patients) is known")
     with deferred():
-        cfg = _start(config, overrides)
         from flexunet_k3.volume_inference import (
             dataset_window,
             held_out_volumes,
@@ -325,7 +325,9 @@ def _infer_volumes(config, overrides, volumes, split, images, probabilities, out
             volumes_at,
         )
 
+        cfg = load_config(config, overrides)
         inputs = held_out_volumes(cfg, volumes) if split else volumes_at(volumes)
+        use_backend()  # after the inputs are found: a bad path is refused at once
         run = RunFolder(cfg.train.output_dir)
         output_dir = output or cfg.infer.output_dir or run.volumes_dir
         window = dataset_window(cfg)
