@@ -30,9 +30,10 @@ IN_PLANE = 512
 
 
 def volume(slices: int) -> np.ndarray:
-    """A CT-like int16 volume: noise around soft tissue and air."""
+    """A CT-like int16 volume (noise around soft tissue and air) in Fortran order, as nibabel
+    reads NIfTI voxels."""
     rng = np.random.default_rng(0)
-    return rng.integers(-1000, 400, (IN_PLANE, IN_PLANE, slices), dtype=np.int16)
+    return np.asfortranarray(rng.integers(-1000, 400, (IN_PLANE, IN_PLANE, slices), np.int16))
 
 
 def worker(args) -> None:

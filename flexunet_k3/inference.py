@@ -35,7 +35,8 @@ MOSAIC_MAX_TILES = 16
 
 
 def iter_probabilities(model, images: Iterable[np.ndarray], config: Config) -> Iterator[np.ndarray]:
-    """float32 (h, w, C) class probabilities for each uint8 (h, w, channels) image, in order.
+    """float32 (h, w, C) class probabilities for each uint8 (h, w, channels) image, in order
+    (channels: the model's, or 1 for gray images that the model takes as color).
 
     Images go through the model in batches of infer.batch_size (the last one padded, so a
     compiled model sees one shape), resized to its input size and scaled as in training. The
@@ -67,6 +68,8 @@ def _predict_batch(model, images: list[np.ndarray], config: Config) -> Iterator[
     m = config.model
     size = (m.image_height, m.image_width)
     batch = np.stack([resize_image(image, size) for image in images])
+    if batch.shape[3] != m.image_channels:  # gray images for a color model, repeated after resize
+        batch = np.repeat(batch, m.image_channels, axis=3)
     padding = config.infer.batch_size - len(images)
     if padding:
         batch = np.concatenate([batch, np.zeros((padding, *batch.shape[1:]), batch.dtype)])

@@ -107,12 +107,15 @@ def segment_volume(
         raise UserError(f"{volume.where}: degenerate affine (its voxel axes do not point along "
                         "three distinct patient axes); cannot find its axial slices")
     display = to_display(volume.data, volume.affine)
-    labels = np.zeros(volume.data.shape, np.uint8)
+    # Fortran order, as NIfTI stores voxels (and nibabel reads them): an axial slice of the
+    # usual (x, y, z) volume is then one block of memory, written without striding
+    labels = np.zeros(volume.data.shape, np.uint8, order="F")
     labels_view = to_display(labels, volume.affine)  # writes land in `labels`
     classes = max(config.model.num_classes, 1)
-    scaled = np.zeros((*volume.data.shape, classes), np.uint8) if probabilities else None
+    scaled = (np.zeros((*volume.data.shape, classes), np.uint8, order="F") if probabilities
+              else None)
     scaled_view = to_display(scaled, volume.affine) if probabilities else None
-    for index, output in enumerate(iter_probabilities(model, _slices(display, window, config),
+    for index, output in enumerate(iter_probabilities(model, _slices(display, window),
                                                       config)):
         labels_view[:, :, index] = labels_of(output)
         if scaled_view is not None:
@@ -120,11 +123,10 @@ def segment_volume(
     return labels, scaled
 
 
-def _slices(display: np.ndarray, window, config: Config) -> Iterator[np.ndarray]:
-    channels = config.model.image_channels
+def _slices(display: np.ndarray, window) -> Iterator[np.ndarray]:
+    """Gray (h, w, 1) uint8 axial slices; the core repeats them to the model's channels."""
     for index in range(display.shape[2]):
-        plane = display_slice(display, index, window)[..., None]
-        yield np.repeat(plane, channels, axis=2) if channels > 1 else plane
+        yield display_slice(display, index, window)[..., None]
 
 
 @dataclass
