@@ -68,9 +68,11 @@ Overrides = Annotated[
 
 @app.command()
 def info() -> None:
-    """The backend in use, versions of keras and each backend, and the devices seen."""
+    """The backend in use, versions of keras and each backend, the devices seen, and what
+    `train.precision: auto` means here."""
     backend = use_backend()
     from flexunet_k3.backend import devices, versions
+    from flexunet_k3.precision import resolve_precision, this_machine
 
     table = Table("", "", show_header=False)
     table.add_row("flexunet-k3", __version__)
@@ -79,6 +81,8 @@ def info() -> None:
     for name, version in versions().items():
         table.add_row(name, version)
     table.add_row("devices", ", ".join(devices()))
+    precision, why = resolve_precision("auto", this_machine())
+    table.add_row("precision auto", f"{precision} ({why})")
     console.print(table)
 
 

@@ -13,7 +13,15 @@ from rich.table import Table
 
 from flexunet_k3 import progress
 from flexunet_k3.backend import BACKENDS, versions
-from flexunet_k3.benchmark import JIT_MODES, PRECISIONS, Case, Row, check_choices, run_case
+from flexunet_k3.benchmark import (
+    JIT_MODES,
+    PRECISIONS,
+    Case,
+    Row,
+    check_choices,
+    recommendation,
+    run_case,
+)
 from flexunet_k3.config import MAX_BATCH_SIZE, load_config
 from flexunet_k3.errors import UserError
 from flexunet_k3.files import write_json
@@ -52,7 +60,7 @@ def _table(rows: list[Row], title: str) -> Table:
         c = row.case
         table.add_row(
             c.backend,
-            c.precision,
+            f"auto ({row.precision})" if c.precision == "auto" and row.precision else c.precision,
             c.jit,
             str(c.batch_size),
             _fmt(row.train_images_per_s, 2),
@@ -64,7 +72,7 @@ def _table(rows: list[Row], title: str) -> Table:
             _fmt(row.train_tflops, 3),
             _fmt(row.peak_host_mb, 0),
             _fmt(row.peak_device_mb, 0),
-            row.error or "",
+            row.error or row.note,
         )
     return table
 
@@ -132,3 +140,6 @@ def benchmark(
             },
         )
         console.print(f"wrote {json_file}")
+    advice = recommendation(rows)
+    if advice:
+        console.print(advice, markup=False, highlight=False, soft_wrap=True)

@@ -100,3 +100,27 @@ def devices() -> list[str]:
             f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())
         ]
     return found
+
+
+def gpu_capability() -> tuple[int, int] | None:
+    """Compute capability of the active backend's first GPU; None without one (or unreported)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        details = tf.config.experimental.get_device_details(gpus[0]) if gpus else {}
+        found = details.get("compute_capability")
+    elif backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        text = getattr(device, "compute_capability", None) if device.platform == "gpu" else None
+        found = text and str(text).split(".")[:2]  # e.g. "9.0"
+    else:
+        import torch
+
+        found = torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None
+    return tuple(int(part) for part in found) if found else None

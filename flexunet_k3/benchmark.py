@@ -4,7 +4,8 @@ Each (backend, precision, jit) runs in its own subprocess (`python -m flexunet_k
 because the Keras backend is fixed per process. The worker trains on synthetic tensors of the
 config's shapes through `model.fit` (the same compiled model `flexunet train` uses) and times
 every step; inference is timed with `predict_on_batch`. A combination that cannot run yields a
-row with the reason instead of a result.
+row with the reason instead of a result. `auto` precision is resolved in the worker, for its
+backend's device; bfloat16 emulated on a CPU without native support runs only a few steps.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import get_args
 
 from flexunet_k3.backend import installed_backends
 from flexunet_k3.config import Config, TrainConfig
 from flexunet_k3.errors import UserError, first_line
+from flexunet_k3.precision import NATIVE_BF16_CPU_FLAGS, Device, emulated, resolve_precision
 
 PRECISIONS = get_args(TrainConfig.model_fields["precision"].annotation)
 JIT_MODES = get_args(TrainConfig.model_fields["jit"].annotation)
@@ -44,6 +46,8 @@ class Row:
 
     case: Case
     device: str = ""
+    precision: str = ""  # the Keras policy it ran under (`auto` resolved)
+    note: str = ""
     train_images_per_s: float | None = None
     step_ms_median: float | None = None
     step_ms_p90: float | None = None
@@ -101,6 +105,34 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def plan(case: Case, device: Device) -> tuple[Case, str, str]:
+    """The case as it runs on `device`, its Keras policy (`auto` resolved) and a note on it.
+
+    Emulated bfloat16 is 10-100x slower than native: it gets 1 warm-up and 2 timed steps at most.
+    """
+    precision, why = resolve_precision(case.precision, device)
+    note = f"auto: {why}" if case.precision == "auto" else ""
+    if emulated(precision, device):
+        case = replace(case, steps=min(case.steps, 2), warmup=min(case.warmup, 1))
+        flags = " or ".join(NATIVE_BF16_CPU_FLAGS)
+        note = f"emulated: this CPU has no {flags}; {case.steps} timed steps"
+    return case, precision, note
+
+
+def recommendation(rows: list[Row]) -> str | None:
+    """One line naming the fastest backend and precision by train img/s; None for one row or
+    none measured."""
+    measured = [row for row in rows if row.train_images_per_s is not None]
+    if len(rows) < 2 or not measured:
+        return None
+    best = max(measured, key=lambda row: row.train_images_per_s)
+    c = best.case
+    return (
+        f"fastest on this machine: backend {c.backend}, precision {best.precision or c.precision}"
+        f", jit {c.jit} ({best.train_images_per_s:,.2f} train img/s)"
+    )
+
+
 def measure(config: Config, case: Case) -> Row:
     """Run one case in this process (the backend must already be selected)."""
     import keras
@@ -108,9 +140,11 @@ def measure(config: Config, case: Case) -> Row:
 
     from flexunet_k3.backend import devices
     from flexunet_k3.model_io import compile_model
+    from flexunet_k3.precision import this_machine
     from flexunet_k3.training import set_up_process
 
-    set_up_process(config, case.precision)
+    case, precision, note = plan(case, this_machine())
+    set_up_process(config, precision)
     config = config.model_copy(deep=True)
     config.train.jit = case.jit
     model = compile_model(config)
@@ -142,6 +176,8 @@ def measure(config: Config, case: Case) -> Row:
     return Row(
         case=case,
         device=devices()[-1],
+        precision=precision,
+        note=note,
         train_images_per_s=train_rate,
         step_ms_median=1000 * float(np.median(timed)),
         step_ms_p90=1000 * _percentile(list(timed), 0.9),

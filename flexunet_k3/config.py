@@ -246,7 +246,7 @@ class TrainConfig(Section):
     reducer: ReducerConfig = Field(default_factory=ReducerConfig)
     epoch_change_infer: bool = True
     num_infer_images: Count = Field(6, ge=0, le=1000)
-    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16", "auto"] = "float32"
     jit: Literal["auto", "on", "off"] = "auto"
     # None: every batch; fewer for smoke runs
     steps_per_epoch: Count | None = Field(None, ge=1, le=1_000_000)

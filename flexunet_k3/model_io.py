@@ -18,6 +18,7 @@ from flexunet_k3.files import replacing
 from flexunet_k3.losses import get_loss
 from flexunet_k3.metrics import segmentation_metrics
 from flexunet_k3.models import build_model
+from flexunet_k3.precision import policy
 
 JIT = {"auto": "auto", "on": True, "off": False}  # train.jit -> keras' jit_compile
 
@@ -90,9 +91,10 @@ def as_configured(model, config: Config):
     """`model` for prediction under the config's train.precision and train.jit.
 
     A saved model keeps the precision it was trained with; another one is built from the config
-    under the asked precision and given the saved weights (stored in float32 either way).
+    under the asked precision (`auto` resolved for this machine) and given the saved weights
+    (stored in float32 either way).
     """
-    precision = config.train.precision
+    precision = policy(config.train.precision)
     first = next(layer for layer in model.layers if layer.weights)
     if first.dtype_policy.name != precision:
         previous = keras.mixed_precision.global_policy()

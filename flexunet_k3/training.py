@@ -32,15 +32,16 @@ from flexunet_k3.files import write_text
 from flexunet_k3.interrupt import Interrupted, deferred, raise_if_pressed
 from flexunet_k3.memory import keep_freed_memory
 from flexunet_k3.model_io import compile_model, load_trained_model, save_model
+from flexunet_k3.precision import policy
 from flexunet_k3.run_folder import RunFolder, TrainState, prepare_run, start_writing
 
 
 def set_up_process(config: Config, precision: str) -> None:
-    """The allocator, seed and precision policy that training `config` runs under."""
+    """The allocator, seed and precision policy (`auto` resolved) that `config` runs under."""
     if config.train.reuse_freed_memory:
         keep_freed_memory()
     keras.utils.set_random_seed(config.train.seed)
-    keras.mixed_precision.set_global_policy(precision)
+    keras.mixed_precision.set_global_policy(policy(precision))
 
 
 def epoch_infer_paths(config: Config) -> list[Path]:

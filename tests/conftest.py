@@ -32,6 +32,7 @@ NO_BACKEND_MODULES = frozenset({
     "test_images.py",
     "test_interrupt.py",
     "test_memory.py",
+    "test_precision.py",
     "test_prepare.py",
     "test_prepare_safety.py",
     "test_volume_scores.py",

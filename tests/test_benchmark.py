@@ -11,6 +11,7 @@ from flexunet_k3 import benchmark
 from flexunet_k3.benchmark import Case, forward_flops, run_case
 from flexunet_k3.config import load_config
 from flexunet_k3.models import build_model
+from flexunet_k3.precision import resolve_precision, this_machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,6 +51,25 @@ def test_a_run_on_this_backend_writes_its_row(tiny_config, tmp_path):
     )
     assert row["step_ms_p90"] >= row["step_ms_median"] > 0 and row["infer_images_per_s"] > 0
     assert backend in done.stdout and "float32" in done.stdout
+
+
+def test_auto_runs_as_resolved_and_the_fastest_row_is_recommended(tiny_config, tmp_path):
+    backend = keras.backend.backend()
+    out = tmp_path / "bench.json"
+    done = flexunet(
+        "--quiet", "benchmark", "--config", str(tiny_config), "--backends", backend,
+        "--precision", "float32,auto", "--steps", "2", "--warmup", "1", "--json", str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    resolved, why = resolve_precision("auto", this_machine())
+    assert [(row["precision"], row["note"]) for row in rows] == [
+        ("float32", ""), (resolved, f"auto: {why}")
+    ]
+    fastest = max(rows, key=lambda row: row["train_images_per_s"])
+    assert done.stdout.strip().splitlines()[-1].startswith(
+        f"fastest on this machine: backend {backend}, precision {fastest['precision']}, jit auto"
+    )
 
 
 def test_a_case_that_cannot_run_is_a_row_with_the_reason(tiny_config, tmp_path, monkeypatch):

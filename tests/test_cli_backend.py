@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import assert_one_line_error, flexunet
 
+from flexunet_k3.precision import resolve_precision, this_machine
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -16,6 +18,8 @@ def test_info_names_the_backend_in_use():
     assert done.returncode == 0, done.stderr
     assert re.search(rf"backend in use\s+.*{backend}", done.stdout)
     assert "devices" in done.stdout and "keras" in done.stdout
+    precision, why = resolve_precision("auto", this_machine())
+    assert re.search(rf"precision auto\s+.*{precision} \({why}\)", done.stdout), done.stdout
 
 
 def test_summary_prints_the_originals_parameter_count():
