@@ -30,7 +30,7 @@ from flexunet_k3.data.nifti import (
     write_like,
 )
 from flexunet_k3.errors import UserError
-from flexunet_k3.files import check_output_folder, refuse_overwriting, staged
+from flexunet_k3.files import check_output_folder, describe, refuse_overwriting, staged
 from flexunet_k3.inference import iter_probabilities, labels_of
 from flexunet_k3.progress import track
 
@@ -58,11 +58,8 @@ def volumes_at(path: Path) -> list[VolumeInput]:
             raise UserError(f"{path}: no .nii or .nii.gz files here; give a NIfTI file, a folder "
                             "of them or a Decathlon task")
         return _unique([VolumeInput(nifti_stem(p.name), lambda p=p: read_volume(p)) for p in files])
-    if not path.exists():
-        raise UserError(f"{path}: not found; give a NIfTI file, a folder of them or a task")
-    if not (path.is_file() or path.is_dir()):
-        raise UserError(f"{path}: a special file (device, pipe or socket); give a NIfTI file, "
-                        "a folder of them or a task")
+    if not (path.is_file() or path.is_dir()):  # missing, or a pipe that reading would hang on
+        raise UserError(f"{path}: {describe(path)}; give a NIfTI file, a folder of them or a task")
     return _task_test_volumes(open_source(path))
 
 
