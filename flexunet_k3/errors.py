@@ -22,6 +22,13 @@ def check_range(option: str, value, low, high) -> None:
         raise UserError(f"{option} {value}: need {low} to {high}")
 
 
+def listing(names, shown: int = 3) -> str:
+    """`a, b, c and 4 more`: the first `shown` names, and how many others."""
+    names = list(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def plural(count: int, noun: str) -> str:
     """`1 image`, `2 images`, `2 classes`: the count and the noun in its number."""
     if count == 1:

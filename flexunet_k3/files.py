@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from flexunet_k3.errors import UserError
+from flexunet_k3.errors import UserError, listing
 
 MAX_JSON_BYTES = 64 * 2**20  # a record or dataset.json this command reads: far more than any needs
 
@@ -101,9 +101,8 @@ def refuse_overwriting(folder: Path, names: Sequence[str], overwrite: bool) -> N
         return
     found = [name for name in names if (folder / name).exists()]
     if found:
-        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
         raise UserError(
-            f"{folder}: already holds {shown}; pass --overwrite to replace "
+            f"{folder}: already holds {listing(found)}; pass --overwrite to replace "
             f"{'it' if len(found) == 1 else 'them'}, or choose another --output"
         )
 

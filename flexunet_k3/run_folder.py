@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from pydantic import TypeAdapter, ValidationError
 
 from flexunet_k3.config import Config, ModelConfig, load_config, validation_message
-from flexunet_k3.errors import UserError
+from flexunet_k3.errors import UserError, listing
 from flexunet_k3.files import check_output_folder, write_json
 from flexunet_k3.plots import CURVE_NAMES
 
@@ -301,11 +301,10 @@ def prepare_run(
             "runs/NAME (--overwrite does not replace this file)"
         )
     if strangers and not overwrite:
-        shown = ", ".join(path.relative_to(run.root).as_posix() for path in strangers[:3])
-        more = f" and {len(strangers) - 3} more" if len(strangers) > 3 else ""
+        shown = listing(path.relative_to(run.root).as_posix() for path in strangers)
         them = "it" if len(strangers) == 1 else "them"
         raise UserError(
-            f"{run.root}: holds {shown}{more}, not written by flexunet train; move {them} away, "
+            f"{run.root}: holds {shown}, not written by flexunet train; move {them} away, "
             f"choose another train.output_dir, or pass --overwrite to replace {them}"
         )
     if resume:

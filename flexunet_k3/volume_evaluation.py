@@ -16,7 +16,7 @@ import numpy as np
 
 from flexunet_k3.config import Config
 from flexunet_k3.data.nifti import Volume
-from flexunet_k3.errors import UserError, plural
+from flexunet_k3.errors import UserError, listing, plural
 from flexunet_k3.evaluation import csv_text
 from flexunet_k3.files import write_json, write_text
 from flexunet_k3.progress import track
@@ -76,8 +76,7 @@ def evaluate_volume_files(predictions: Path, labels: Path, class_names: Sequence
     found = volumes_at(predictions)
     missing = [item.name for item in found if item.name not in truths]
     if missing:
-        raise UserError(f"{labels}: no label for {', '.join(missing[:3])}"
-                        f"{' and more' if len(missing) > 3 else ''}; labels pair with "
+        raise UserError(f"{labels}: no label for {listing(missing)}; labels pair with "
                         "predictions by file name")
     rows = []
     for item in track(found, "scoring volumes", total=len(found)):

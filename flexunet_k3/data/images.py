@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from flexunet_k3.errors import UserError, first_line, plural
+from flexunet_k3.errors import UserError, first_line, listing, plural
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_SUFFIXES = (*IMAGE_SUFFIXES, ".npz")
@@ -80,11 +80,6 @@ def resize_probabilities(probabilities: np.ndarray, size: tuple[int, int]) -> np
     ], axis=-1)
 
 
-def _listing(names: list[str]) -> str:
-    more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
-    return ", ".join(names[:_SHOWN]) + more
-
-
 def list_images(folder: Path, suffixes=IMAGE_SUFFIXES) -> tuple[list[Path], list[str]]:
     """(sorted image files, names of other files) in `folder`; hidden files are ignored."""
     folder = Path(folder)
@@ -108,7 +103,8 @@ def image_files(folder: Path, suffixes=IMAGE_SUFFIXES) -> list[Path]:
     """`list_images`, warning about the files it skipped."""
     paths, skipped = list_images(folder, suffixes)
     if skipped:
-        warnings.warn(f"{folder}: skipped non-image files: {_listing(skipped)}", stacklevel=2)
+        warnings.warn(f"{folder}: skipped non-image files: {listing(skipped, _SHOWN)}",
+                      stacklevel=2)
     return paths
 
 
@@ -136,10 +132,14 @@ def pair_files(
         problems = []
         if lonely_images:
             names = [images[stem].name for stem in lonely_images]
-            problems.append(f"{plural(len(names), 'image')} without a mask ({_listing(names)})")
+            problems.append(
+                f"{plural(len(names), 'image')} without a mask ({listing(names, _SHOWN)})"
+            )
         if lonely_masks:
             names = [masks[stem].name for stem in lonely_masks]
-            problems.append(f"{plural(len(names), 'mask')} without an image ({_listing(names)})")
+            problems.append(
+                f"{plural(len(names), 'mask')} without an image ({listing(names, _SHOWN)})"
+            )
         raise UserError(
             f"{images_dir} and {masks_dir} do not pair up: {'; '.join(problems)}; "
             "each image needs a mask with the same file name (any extension)"

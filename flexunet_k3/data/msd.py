@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError, check_range, first_line
+from ..errors import UserError, check_range, first_line, listing
 from ..files import (
     MAX_JSON_BYTES,
     check_output_folder,
@@ -338,10 +338,9 @@ def _refuse_replacing(output: Path, names, owned: frozenset[str]) -> None:
     theirs = [name for name in names if (output / name).exists()
               and (name not in owned or not (output / name).is_file())]
     if theirs:
-        shown = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
         raise UserError(
-            f"{output}: {shown} not written by `prepare msd` (not in its {MANIFEST}); move "
-            f"{'it' if len(theirs) == 1 else 'them'} away, or choose another output folder"
+            f"{output}: {listing(theirs)} not written by `prepare msd` (not in its {MANIFEST}); "
+            f"move {'it' if len(theirs) == 1 else 'them'} away, or choose another output folder"
         )
 
 
