@@ -77,6 +77,8 @@ def train(
             errors.print(_after_ctrl_c(run, config, overrides), markup=False, soft_wrap=True)
             raise
     state = result.state
+    if not result.writes:
+        return
     if result.model is None:
         _say(f"nothing to train: {run.root} holds {state.describe()}; "
              "raise train.epochs to train longer")
@@ -101,11 +103,15 @@ def _after_ctrl_c(run: RunFolder, config: Path, overrides: list[str] | None) -> 
     return f"{run.last} holds epoch {state.epoch}; continue with: {shlex.join(command)} --resume"
 
 
-def _best_model(run: RunFolder, cfg: Config):
-    """The run's models/best.keras, refused if the config's model section is not the one the
-    run was trained with."""
+def _best_model(run: RunFolder, cfg: Config, command: str):
+    """The run's models/best.keras for `command`, on the devices of train.distribution; refused
+    if the config's model section is not the one the run was trained with."""
+    import keras
+
+    from flexunet_k3.distribution import start
     from flexunet_k3.model_io import load_trained_model
 
+    start(cfg, keras.backend.backend(), command)
     run.check_model(cfg, "use the config the run was trained with (its config.yaml)")
     return load_trained_model(run.best, cfg)
 
@@ -185,7 +191,7 @@ def evaluate(
             folder = output or run.root
             with _warnings_as_lines(), run.locked_for(folder, "flexunet evaluate"):
                 _refuse_others(run, folder, EVALUATION_FILES, overwrite, ours=output is None)
-                report = evaluate_model(_best_model(run, cfg), cfg)
+                report = evaluate_model(_best_model(run, cfg, "flexunet evaluate"), cfg)
                 if output is None:
                     run.claim(folder / name for name in EVALUATION_FILES)
                 write_report(report, folder)
@@ -237,7 +243,7 @@ def _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, 
             folder = output or run.root
             with _warnings_as_lines(), run.locked_for(folder, "flexunet evaluate"):
                 _refuse_others(run, folder, ve.REPORT_FILES, overwrite, ours=output is None)
-                model = _best_model(run, cfg)
+                model = _best_model(run, cfg, "flexunet evaluate")
                 report = ve.evaluate_held_out(model, cfg, inputs, window, tolerance_mm)
                 if output is None:
                     run.claim(folder / name for name in ve.REPORT_FILES)
@@ -299,7 +305,7 @@ def infer(
         output_dir = output or cfg.infer.output_dir or run.infer_dir
         with _warnings_as_lines(), run.locked_for(output_dir, "flexunet infer"):
             result = infer_folder(
-                _best_model(run, cfg), cfg, images_dir, output_dir,
+                _best_model(run, cfg, "flexunet infer"), cfg, images_dir, output_dir,
                 with_overlays=cfg.infer.overlay if overlay is None else overlay,
                 overwrite=overwrite,
             )
@@ -332,6 +338,7 @@ def _infer_volumes(config, overrides, volumes, split, images, probabilities, out
         output_dir = output or cfg.infer.output_dir or run.volumes_dir
         window = dataset_window(cfg)
         with _warnings_as_lines(), run.locked_for(output_dir, "flexunet infer"):
-            result = infer_volumes(_best_model(run, cfg), cfg, inputs, output_dir, window=window,
+            model = _best_model(run, cfg, "flexunet infer")
+            result = infer_volumes(model, cfg, inputs, output_dir, window=window,
                                    probabilities=probabilities, overwrite=overwrite)
     _say(f"wrote {plural(len(result.written), 'label volume')} to {result.output_dir}")

@@ -8,6 +8,7 @@ import importlib.util
 import os
 import sys
 
+from flexunet_k3.distribution import cpu_device_count
 from flexunet_k3.errors import UserError
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -20,7 +21,8 @@ def installed_backends() -> list[str]:
 
 
 def select_backend(name: str | None = None) -> str:
-    """Set KERAS_BACKEND (from `name`, else the environment, else tensorflow) and check it.
+    """Set KERAS_BACKEND (from `name`, else the environment, else tensorflow) and check it;
+    with FLEXUNET_CPU_DEVICES=N, the backend splits the CPU into N devices (JAX, TensorFlow).
 
     Must run before the first `import keras` in this process.
     """
@@ -40,11 +42,20 @@ def select_backend(name: str | None = None) -> str:
         raise UserError(f"backend {chosen!r} is not installed: pip install 'flexunet-k3[{chosen}]'")
     os.environ["KERAS_BACKEND"] = chosen
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # 3: not even "no CUDA driver" errors
+    cpu_devices = cpu_device_count()
+    if chosen == "jax" and cpu_devices:
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cpu_devices}"
     if chosen == "tensorflow":
         quiet = os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0"
         # TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL; set it to 0 to see them.
         with _native_stderr_closed() if quiet else contextlib.nullcontext():
-            import tensorflow  # noqa: F401
+            import tensorflow as tf
+        if cpu_devices:
+            tf.config.set_logical_device_configuration(
+                tf.config.list_physical_devices("CPU")[0],
+                [tf.config.LogicalDeviceConfiguration()] * cpu_devices,
+            )
     else:
         from keras.src.utils import module_utils
 

@@ -120,16 +120,23 @@ class Plateau(keras.callbacks.Callback):
 
 
 class RunRecorder(keras.callbacks.Callback):
-    """After each good epoch: history, models/last.keras (and best.keras), curves, history.json."""
+    """After each good epoch: history, models/last.keras (and best.keras), curves, history.json.
+    Unless it `writes` (data-parallel processes other than 0), it keeps the history in memory
+    and only takes part in saving the models (save_model)."""
 
-    def __init__(self, run: RunFolder, state: TrainState):
+    def __init__(self, run: RunFolder, state: TrainState, writes: bool = True):
         super().__init__()
-        self.run, self.state = run, state
+        self.run, self.state, self.writes = run, state, writes
 
     def on_epoch_end(self, epoch, logs=None):
         if not finite_loss(logs):
             return
         self.state.record(logs)
+        if not self.writes:
+            save_model(self.model, None)
+            if self.state.best_epoch == self.state.epoch:
+                save_model(self.model, None)
+            return
         save_model(self.model, self.run.last)
         if self.state.best_epoch == self.state.epoch:
             save_model(self.model, self.run.best)

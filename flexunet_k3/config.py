@@ -252,6 +252,12 @@ class TrainConfig(Section):
     steps_per_epoch: Count | None = Field(None, ge=1, le=1_000_000)
     # Keep freed memory in the process (glibc): faster steps, higher peak memory (BENCHMARKS.md)
     reuse_freed_memory: bool = False
+    # Data parallelism on the backend's own engine (flexunet_k3.distribution); batch_size is
+    # the global batch, split across the devices
+    distribution: Literal["none", "data_parallel"] = "none"
+    devices: Literal["all"] | Annotated[Count, Field(ge=1, le=65_536)] = "all"
+    # Seconds to wait for the other processes: to start, and before a silent one counts as lost
+    coordinator_timeout: Count = Field(300, ge=1, le=86_400)
 
     @field_validator("jit", mode="before")
     @classmethod

@@ -33,4 +33,4 @@ def plural(count: int, noun: str) -> str:
     """`1 image`, `2 images`, `2 classes`: the count and the noun in its number."""
     if count == 1:
         return f"1 {noun}"
-    return f"{count} {noun}{'es' if noun.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
+    return f"{count} {noun}{'es' if noun.endswith(('s', 'x', 'sh', 'tch')) else 's'}"

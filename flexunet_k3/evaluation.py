@@ -200,6 +200,7 @@ def _number(value: float) -> str:
 def evaluate_model(model, config) -> Report:
     """Score `model` on the test split (images and masks at the model's size)."""
     from flexunet_k3.data.dataset import dataset_from_config  # imports keras: not at the top
+    from flexunet_k3.inference import predict_batch
 
     data = dataset_from_config(config, "test", training=False)
     scorer = Scorer([spec.name for spec in config.data.classes], config.train.loss)
@@ -207,7 +208,7 @@ def evaluate_model(model, config) -> Report:
         images, labels = data[index]
         samples = data.order[index * data.batch_size :][: len(labels)]
         names = [data.pairs[sample][0].name for sample in samples]
-        scorer.add(names, labels, np.asarray(model.predict_on_batch(images)))
+        scorer.add(names, labels, predict_batch(model, images, data.batch_size))
     return scorer.report()
 
 

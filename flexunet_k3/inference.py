@@ -70,20 +70,25 @@ def _predict_batch(model, images: list[np.ndarray], config: Config) -> Iterator[
     batch = np.stack([resize_image(image, size) for image in images])
     if batch.shape[3] != m.image_channels:  # gray images for a color model, repeated after resize
         batch = np.repeat(batch, m.image_channels, axis=3)
-    padding = config.infer.batch_size - len(images)
-    if padding:
-        batch = np.concatenate([batch, np.zeros((padding, *batch.shape[1:]), batch.dtype)])
     batch = to_float(batch, not m.input_normalize)
-    probabilities = _model_output(model, batch)
+    probabilities = predict_batch(model, batch, config.infer.batch_size)
     if config.infer.mirror:
-        flipped = _model_output(model, np.ascontiguousarray(batch[:, :, ::-1]))
+        flipped = predict_batch(model, np.ascontiguousarray(batch[:, :, ::-1]),
+                                config.infer.batch_size)
         probabilities = (probabilities + flipped[:, :, ::-1]) / 2
-    for image, output in zip(images, probabilities, strict=False):
+    for image, output in zip(images, probabilities, strict=True):
         yield resize_probabilities(output, image.shape[:2])
 
 
-def _model_output(model, batch: np.ndarray) -> np.ndarray:
-    return np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+def predict_batch(model, batch: np.ndarray, batch_size: int) -> np.ndarray:
+    """float32 model output for a float batch of at most `batch_size` images. A shorter batch
+    is padded to `batch_size` and cut back: a compiled model sees one shape, and data-parallel
+    devices get equal shares."""
+    padding = batch_size - len(batch)
+    if padding:
+        batch = np.concatenate([batch, np.zeros((padding, *batch.shape[1:]), batch.dtype)])
+    output = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+    return output[: batch_size - padding]
 
 
 def overlay_palette(colors) -> np.ndarray:

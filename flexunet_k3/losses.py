@@ -30,7 +30,8 @@ def categorical_crossentropy(y_true, y_pred):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 def soft_dice_loss(y_true, y_pred, smooth=1e-5):
-    """1 - mean over foreground classes of the soft Dice over the whole batch (nnU-Net style)."""
+    """1 - mean over foreground classes of the soft Dice over the whole batch (nnU-Net style),
+    repeated for each image (see `_per_image`)."""
     y_pred = probabilities(y_pred)
     num_classes = y_pred.shape[-1]
     truth = one_hot(y_true, num_classes)
@@ -39,13 +40,21 @@ def soft_dice_loss(y_true, y_pred, smooth=1e-5):
     axes = (0, 1, 2)
     intersection = ops.sum(truth * y_pred, axis=axes)
     total = ops.sum(truth, axis=axes) + ops.sum(y_pred, axis=axes)
-    return 1.0 - ops.mean((2.0 * intersection + smooth) / (total + smooth))
+    return _per_image(1.0 - ops.mean((2.0 * intersection + smooth) / (total + smooth)), y_pred)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 def ce_dice_loss(y_true, y_pred):
-    """Cross-entropy plus soft Dice loss."""
-    return ops.mean(categorical_crossentropy(y_true, y_pred)) + soft_dice_loss(y_true, y_pred)
+    """Cross-entropy plus soft Dice loss, per image."""
+    cross_entropy = ops.mean(categorical_crossentropy(y_true, y_pred), axis=(1, 2))
+    return cross_entropy + soft_dice_loss(y_true, y_pred)
+
+
+def _per_image(value, y_pred):
+    """A batch-level loss as one value per image. Keras averages it back to `value`; returned
+    as a scalar, it would skip Keras' reduction, which under tf.distribute also divides each
+    replica's loss by the replica count, so that the summed gradients are the global mean's."""
+    return value * ops.ones_like(y_pred[:, 0, 0, 0])
 
 
 LOSSES = {

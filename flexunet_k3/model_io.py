@@ -1,5 +1,6 @@
 """Models in one place: build and compile, load a trained one (checked against the config, in
-its precision), save atomically. Training, evaluation, inference and benchmark go through it.
+its precision), save atomically, all under the process's data-parallel placement
+(flexunet_k3.distribution). Training, evaluation, inference and benchmark go through it.
 
 Importing it imports keras and registers the custom losses and metrics that saved models name.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 import keras
 
 from flexunet_k3.config import Config, OptimizerConfig
+from flexunet_k3.distribution import current
 from flexunet_k3.errors import UserError, first_line
 from flexunet_k3.files import replacing
 from flexunet_k3.losses import get_loss
@@ -40,13 +42,14 @@ def make_optimizer(config: OptimizerConfig) -> keras.optimizers.Optimizer:
 
 def compile_model(config: Config) -> keras.Model:
     """A new model compiled with the configured optimizer, loss and segmentation metrics."""
-    model = build_model(config.model)
-    model.compile(
-        optimizer=make_optimizer(config.optimizer),
-        loss=get_loss(config.train.loss),
-        metrics=segmentation_metrics([spec.name for spec in config.data.classes]),
-        jit_compile=JIT[config.train.jit],
-    )
+    with current().scope():
+        model = build_model(config.model)
+        model.compile(
+            optimizer=make_optimizer(config.optimizer),
+            loss=get_loss(config.train.loss),
+            metrics=segmentation_metrics([spec.name for spec in config.data.classes]),
+            jit_compile=JIT[config.train.jit],
+        )
     return model
 
 
@@ -67,13 +70,20 @@ def load_trained_model(path: Path, config: Config, *, compile: bool = False):
     return model if compile else as_configured(model, config)
 
 
-def save_model(model, path: Path) -> None:
+def save_model(model, path: Path | None) -> None:
     """Save a keras model to a .keras file atomically, staging its weights on disk.
 
     Keras' own .keras writer buffers the whole weights file, optimizer state included, in
     memory: for the lung model that is 1.5 GB more at every checkpoint. This writes the same
     archive (config.json, metadata.json, model.weights.h5) from an unzipped save instead.
+
+    With `path` None, nothing is kept: in several JAX processes, saving is a collective
+    operation that every process takes part in, while process 0 alone writes the file.
     """
+    if path is None:
+        with tempfile.TemporaryDirectory(prefix="flexunet-not-kept-") as scratch:
+            model.save(Path(scratch) / "model", zipped=False)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(dir=path.parent, prefix=".saving-") as staging,
@@ -100,7 +110,8 @@ def as_configured(model, config: Config):
         previous = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy(precision)
         try:
-            rebuilt = build_model(config.model)
+            with current().scope():
+                rebuilt = build_model(config.model)
         finally:
             keras.mixed_precision.set_global_policy(previous)
         rebuilt.set_weights(model.get_weights())
@@ -116,7 +127,8 @@ def _read_model_file(path: Path, compile: bool):
         reason = "not a whole .keras zip archive: truncated, or another kind of file"
     else:
         try:
-            return keras.saving.load_model(path, compile=compile, safe_mode=True)
+            with current().scope():
+                return keras.saving.load_model(path, compile=compile, safe_mode=True)
         except Exception as exc:  # a corrupt or foreign file fails in many ways
             reason = first_line(exc, typed=True)
     raise UserError(

@@ -9,6 +9,7 @@ counters (history.json), at a new learning rate only if the config's was changed
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from flexunet_k3.callbacks import (
 from flexunet_k3.config import Config
 from flexunet_k3.data.dataset import dataset_from_config
 from flexunet_k3.data.images import list_images
-from flexunet_k3.errors import UserError
+from flexunet_k3.distribution import Placement, start
+from flexunet_k3.errors import UserError, plural
 from flexunet_k3.files import write_text
 from flexunet_k3.interrupt import Interrupted, deferred, raise_if_pressed
 from flexunet_k3.memory import keep_freed_memory
@@ -44,9 +46,14 @@ def set_up_process(config: Config, precision: str) -> None:
     keras.mixed_precision.set_global_policy(policy(precision))
 
 
-def epoch_infer_paths(config: Config) -> list[Path]:
+def epoch_infer_paths(config: Config, placement: Placement) -> list[Path]:
     """The first `num_infer_images` of infer.images_dir (else the test images), or none."""
     if not config.train.epoch_change_infer or config.train.num_infer_images == 0:
+        return []
+    if placement.process_count > 1:
+        if placement.writes:
+            warnings.warn("train.epoch_change_infer is off when training in several processes "
+                          "(a prediction's parts stay in their processes)", stacklevel=2)
         return []
     folder = config.infer_images_dir()
     try:
@@ -61,6 +68,7 @@ def epoch_infer_paths(config: Config) -> list[Path]:
 class TrainResult:
     state: TrainState
     model: keras.Model | None  # None when the run had nothing left to train
+    writes: bool = True  # False in data-parallel processes other than 0
 
 
 def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
@@ -70,42 +78,54 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> T
     `resume` or `overwrite`, and files there that training would write but flexunet did not
     (run_folder.prepare_run). A NaN loss stops training with a UserError; models/last.keras
     keeps the last good epoch. After early stopping the returned model has the best weights
-    (those of models/best.keras).
+    (those of models/best.keras). Under train.distribution, processes other than 0 train
+    alongside and write nothing.
     """
+    placement = start(config, keras.backend.backend(), "flexunet train")
     run = RunFolder(config.train.output_dir)
-    with run.locked("flexunet train"):
-        infer_paths = epoch_infer_paths(config)
-        state = prepare_run(run, resume=resume, overwrite=overwrite, epochs=config.train.epochs,
-                            infer_stems=[path.stem for path in infer_paths])
+    with run.locked("flexunet train") if placement.writes else nullcontext():
+        infer_paths = epoch_infer_paths(config, placement)
+        if placement.writes:
+            state = prepare_run(run, resume=resume, overwrite=overwrite,
+                                epochs=config.train.epochs,
+                                infer_stems=[path.stem for path in infer_paths])
+        else:  # process 0's run folder, where the hosts share it
+            state = run.read_state() if resume else None
         if state is not None and (state.status == "early_stopped"
                                   or state.epoch >= config.train.epochs):
-            return TrainResult(state, None)
+            return TrainResult(state, None, placement.writes)
         state = state or TrainState(epochs=config.train.epochs)
         with deferred():  # Ctrl-C waits for a safe point (flexunet_k3.interrupt)
-            model, nan_at = _fit(config, run, state, infer_paths, resume=resume,
+            model, nan_at = _fit(config, run, state, infer_paths, placement, resume=resume,
                                  overwrite=overwrite)
-            _finish(model, run, state, nan_at)
-    return TrainResult(state, model)
+            _finish(model, run, state, nan_at, placement)
+    return TrainResult(state, model, placement.writes)
 
 
 def _fit(
-    config: Config, run: RunFolder, state: TrainState, infer_paths: list[Path], *,
-    resume: bool, overwrite: bool,
+    config: Config, run: RunFolder, state: TrainState, infer_paths: list[Path],
+    placement: Placement, *, resume: bool, overwrite: bool,
 ) -> tuple[keras.Model, tuple[int, int] | None]:
     """Build (or load) the model and fit it; return it and where the loss became NaN, if it did.
 
     Ctrl-C before the first step stops with nothing written; later it saves models/last.keras.
     An earlier run's files go (with `overwrite`) only once the data and the model are ready.
     """
-    train_data = dataset_from_config(config, "train", training=True)
-    valid_data = dataset_from_config(config, "valid", training=False)
+    train_data = dataset_from_config(config, "train", training=True, placement=placement)
+    valid_data = dataset_from_config(config, "valid", training=False, placement=placement)
+    if valid_data.left_out and placement.writes:
+        warnings.warn(
+            f"validation leaves out the last {plural(valid_data.left_out, 'image')} of "
+            f"{len(valid_data.pairs)}: batches are whole shares of the "
+            f"{placement.device_count} devices of train.distribution", stacklevel=2)
 
     set_up_process(config, config.train.precision)
     model = _resume(run, config) if resume else compile_model(config)
     raise_if_pressed()
     state.epochs, state.status = config.train.epochs, "running"
-    start_writing(run, overwrite=overwrite)
-    write_text(run.config, config.to_yaml())
+    if placement.writes:
+        start_writing(run, overwrite=overwrite)
+        write_text(run.config, config.to_yaml())
 
     train_data.max_batches = config.train.steps_per_epoch
     steps = len(train_data)
@@ -117,9 +137,9 @@ def _fit(
         EpochSetter(train_data),
         Throughput(min(steps * config.train.batch_size, len(train_data.pairs))),
         Plateau(state, config.train.patience, config.train.reducer),
-        RunRecorder(run, state),
+        RunRecorder(run, state, placement.writes),
         *([EpochChangeInfer(infer_paths, config, run)] if infer_paths else []),
-        bars,
+        *([bars] if placement.writes else []),
     ]
     try:
         model.fit(
@@ -134,8 +154,9 @@ def _fit(
     except KeyboardInterrupt as stop:
         state.status = "interrupted"
         if isinstance(stop, Interrupted):  # raised at a step or epoch boundary: weights whole
-            save_model(model, run.last)
-        state.save(run.history)
+            save_model(model, run.last if placement.writes else None)
+        if placement.writes:
+            state.save(run.history)
         raise
     finally:
         bars.close()
@@ -160,11 +181,15 @@ def _resume(run: RunFolder, config: Config) -> keras.Model:
     return model
 
 
-def _finish(model, run: RunFolder, state: TrainState, nan_at: tuple[int, int] | None) -> None:
-    """Record how training ended; after early stopping, put the best weights back in `model`."""
+def _finish(model, run: RunFolder, state: TrainState, nan_at: tuple[int, int] | None,
+            placement: Placement) -> None:
+    """Record how training ended (in process 0); after early stopping in one process, put the
+    best weights back in `model` (in several, they stay in models/best.keras)."""
+    writes = placement.writes
     if nan_at is not None:
         state.status = "nan_loss"
-        state.save(run.history)
+        if writes:
+            state.save(run.history)
         epoch, step = nan_at
         kept = (
             f"{run.last} keeps epoch {state.epoch}, the last good one"
@@ -175,7 +200,9 @@ def _finish(model, run: RunFolder, state: TrainState, nan_at: tuple[int, int] | 
             "lower optimizer.learning_rate or set optimizer.clipnorm and train with --overwrite"
         )
     if state.status == "early_stopped":
-        model.load_weights(run.best)
+        if placement.process_count == 1:
+            model.load_weights(run.best)
     else:
         state.status = "completed"
-    state.save(run.history)
+    if writes:
+        state.save(run.history)

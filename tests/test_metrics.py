@@ -100,9 +100,9 @@ def test_losses_match_reference(num_classes, case):
     labels, probs = cases(num_classes)[case]
     ce = as_numpy(categorical_crossentropy(labels, probs)).mean()
     assert abs(ce - scores.crossentropy(labels, probs)) < TOL * max(1.0, ce)
-    dice = float(as_numpy(soft_dice_loss(labels, probs)))
+    dice = float(as_numpy(soft_dice_loss(labels, probs)).mean())
     assert abs(dice - scores.soft_dice_loss(labels, probs)) < TOL
-    both = float(as_numpy(ce_dice_loss(labels, probs)))
+    both = float(as_numpy(ce_dice_loss(labels, probs)).mean())
     assert (
         abs(both - (scores.crossentropy(labels, probs) + scores.soft_dice_loss(labels, probs)))
         < 1e-4

@@ -24,6 +24,7 @@ from flexunet_k3.data.images import (
     to_float,
 )
 from flexunet_k3.data.masks import read_mask, warn_off_color
+from flexunet_k3.distribution import Placement
 from flexunet_k3.errors import UserError, plural
 from flexunet_k3.files import replacing, write_json
 from flexunet_k3.progress import track
@@ -50,6 +51,10 @@ class SegmentationDataset(keras.utils.PyDataset):
     Shuffling and augmentation are seeded per epoch: the same seed gives the same batches.
     `cache` keeps decoded arrays in memory or in a memmapped .npy under `cache_dir`, so files
     are decoded once; uncached, only the current batch (and worker prefetch) is in memory.
+
+    For data parallelism, `batch_size` is the global batch, cut to whole shares of `devices`
+    (a last batch too small for one image per device is left out), and this process gets
+    its `process = (index, count)` part of each: the same global batches as one process.
     """
 
     def __init__(
@@ -67,13 +72,17 @@ class SegmentationDataset(keras.utils.PyDataset):
         cache_dir: Path | None = None,
         normalize: bool = True,
         workers: int = 1,
+        devices: int = 1,
+        process: tuple[int, int] = (0, 1),
     ):
         # With one worker, Keras' TensorFlow trainer prefetches through tf.data, and dropping
         # that iterator at an epoch's end stalled the next epoch's first step (27 s measured);
         # with two or more, Keras prefetches in its own thread pool. Other backends keep one
         # worker, which keeps pace with their steps (BENCHMARKS.md). A batch ahead per worker
         # keeps them busy; Keras' default of 10 costs memory.
-        if keras.backend.backend() == "tensorflow":
+        # Under tf.distribute, Keras' thread pool gave the batches out of order (measured: the
+        # first step got the fifth batch), so several devices keep one worker.
+        if keras.backend.backend() == "tensorflow" and devices == 1:
             workers = max(workers, 2)
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=workers)
         self.pairs = list(pairs)
@@ -81,6 +90,7 @@ class SegmentationDataset(keras.utils.PyDataset):
         self.channels = channels
         self.colors = [tuple(color) for color in colors]
         self.batch_size = batch_size
+        self.devices, self.process = devices, process
         self.shuffle, self.seed, self.augmenter = shuffle, seed, augmenter
         self.normalize = normalize
         self._off_color = np.full(len(self.pairs), -1, np.int64)  # -1: not read yet
@@ -104,7 +114,8 @@ class SegmentationDataset(keras.utils.PyDataset):
         self.set_epoch(0)
 
     def __len__(self) -> int:
-        batches = -(-len(self.pairs) // self.batch_size)
+        batches = len(self.pairs) // self.batch_size
+        batches += len(self.pairs) % self.batch_size >= self.devices  # a last, shorter batch
         return batches if self.max_batches is None else min(batches, self.max_batches)
 
     def __getitem__(self, index: int):
@@ -117,7 +128,7 @@ class SegmentationDataset(keras.utils.PyDataset):
     def _batch(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of {len(self)}")
-        samples = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        samples = self._share(self.order[index * self.batch_size : (index + 1) * self.batch_size])
         if self._images is not None:
             images, labels = self._images[samples], self._labels[samples]
         else:
@@ -127,6 +138,17 @@ class SegmentationDataset(keras.utils.PyDataset):
                 rng = self.augmenter.rng(self.epoch, int(sample))
                 images[row], labels[row] = self.augmenter(images[row], labels[row], rng)
         return to_float(images, self.normalize), labels.astype(np.int32)
+
+    def _share(self, samples: np.ndarray) -> np.ndarray:
+        """This process's part of a global batch cut to whole shares of the devices."""
+        index, count = self.process
+        size = (len(samples) - len(samples) % self.devices) // count
+        return samples[index * size : (index + 1) * size]
+
+    @property
+    def left_out(self) -> int:
+        """Images in no batch: those of a last batch beyond whole shares of the devices."""
+        return len(self.pairs) % self.batch_size % self.devices
 
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
@@ -231,8 +253,11 @@ def dataset_from_config(
     *,
     training: bool,
     cache_dir: Path | None = None,
+    placement: Placement | None = None,
 ) -> SegmentationDataset:
-    """The loader for one split; shuffled and augmented only when `training`."""
+    """The loader for one split; shuffled and augmented only when `training`; with a
+    data-parallel `placement`, in this process's shares of whole per-device batches."""
+    placement = placement or Placement()
     augment = training and config.augment.enabled
     return SegmentationDataset(
         pair_files(*config.data.split_dirs(split)),
@@ -247,5 +272,7 @@ def dataset_from_config(
         cache_dir=cache_dir or config.train.output_dir / "cache",
         normalize=not config.model.input_normalize,
         workers=config.data.workers,
+        devices=placement.device_count,
+        process=(placement.process_index, placement.process_count),
     )
 
