@@ -14,11 +14,13 @@ batch: each process feeds its share of every batch, and only process 0 writes fi
 from __future__ import annotations
 
 import os
+import socket
+import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from flexunet_k3.config import Config, TrainConfig
-from flexunet_k3.errors import UserError
+from flexunet_k3.errors import UserError, first_line
 
 CPU_DEVICES = "FLEXUNET_CPU_DEVICES"  # split the CPU into this many devices (tests, benchmarks)
 BACKENDS_WITH_IT = ("jax", "tensorflow")
@@ -47,6 +49,17 @@ class Placement:
     def scope(self) -> AbstractContextManager:
         """The context models are built, loaded and compiled in."""
         return self.strategy.scope() if self.strategy is not None else nullcontext()
+
+    def lost_process(self, exc: Exception) -> UserError | None:
+        """The one-line error for a collective operation that failed because another process
+        of a multi-process run stopped; None for any other exception."""
+        if self.process_count == 1 or type(exc).__name__ != "JaxRuntimeError":
+            return None
+        return UserError(
+            f"process {self.process_index} of {self.process_count} stops: another process of "
+            f"the run stopped or cannot be reached ({first_line(exc)}); see its log, then "
+            "start all of them again (with --resume to go on from models/last.keras)"
+        )
 
     def describe(self) -> str:
         if not self.devices:
@@ -121,6 +134,9 @@ def join_jax_processes(timeout: int) -> None:
     if count is not None and index is not None and not index < count:
         raise UserError(f"JAX_PROCESS_ID is {index} but JAX_NUM_PROCESSES is {count}: ids run "
                         "from 0 to JAX_NUM_PROCESSES - 1")
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if address and index:  # JAX ends the process, with no Python error, if none answers
+        _wait_for_coordinator(address, timeout)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(
@@ -129,12 +145,33 @@ def join_jax_processes(timeout: int) -> None:
         )
     except Exception as exc:  # no coordinator, a timeout, incomplete settings
         address = os.environ.get("JAX_COORDINATOR_ADDRESS", "the coordinator")
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
             f"cannot join the other processes through {address} within "
-            f"train.coordinator_timeout ({timeout} s): {reason}; check JAX_COORDINATOR_ADDRESS, "
+            f"train.coordinator_timeout ({timeout} s): {first_line(exc)}; check "
+            "JAX_COORDINATOR_ADDRESS, "
             "JAX_NUM_PROCESSES and JAX_PROCESS_ID, and that process 0 runs"
         ) from None
+
+
+def _wait_for_coordinator(address: str, timeout: int) -> None:
+    """Return once something listens at `address` (host:port); a UserError after `timeout`
+    seconds."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"JAX_COORDINATOR_ADDRESS is {address!r}: give host:port")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"no coordinator answered at {address} within train.coordinator_timeout "
+                    f"({timeout} s): {exc.strerror or exc}; start process 0 (JAX_PROCESS_ID=0) "
+                    "there, or correct JAX_COORDINATOR_ADDRESS"
+                ) from None
+            time.sleep(0.5)
 
 
 def _start_jax(train: TrainConfig) -> Placement:

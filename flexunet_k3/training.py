@@ -146,11 +146,11 @@ def _fit(
             train_data, validation_data=valid_data, epochs=state.epochs,
             initial_epoch=state.epoch, callbacks=callbacks, verbose=0, shuffle=False,
         )
-    except Exception:
-        failure = train_data.failure or valid_data.failure
+    except Exception as exc:
+        failure = train_data.failure or valid_data.failure or placement.lost_process(exc)
         if failure is None:
             raise
-        raise failure from None  # a bad file, however the backend wrapped it
+        raise failure from None  # a bad file, however the backend wrapped it; a lost process
     except KeyboardInterrupt as stop:
         state.status = "interrupted"
         if isinstance(stop, Interrupted):  # raised at a step or epoch boundary: weights whole
