@@ -68,10 +68,11 @@ Overrides = Annotated[
 
 @app.command()
 def info() -> None:
-    """The backend in use, versions of keras and each backend, the devices seen, and what
-    `train.precision: auto` means here."""
+    """The backend in use, versions of keras and each backend, the devices seen, this
+    process's place among data-parallel processes, and what `train.precision: auto` means
+    here."""
     backend = use_backend()
-    from flexunet_k3.backend import devices, versions
+    from flexunet_k3.backend import devices, processes, versions
     from flexunet_k3.precision import resolve_precision, this_machine
 
     table = Table("", "", show_header=False)
@@ -80,7 +81,9 @@ def info() -> None:
     table.add_row("backend in use", backend)
     for name, version in versions().items():
         table.add_row(name, version)
+    index, count = processes()  # joins other JAX processes, which must come before devices()
     table.add_row("devices", ", ".join(devices()))
+    table.add_row("process", f"{index} of {count} (data-parallel processes joined)")
     precision, why = resolve_precision("auto", this_machine())
     table.add_row("precision auto", f"{precision} ({why})")
     console.print(table)

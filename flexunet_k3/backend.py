@@ -8,6 +8,7 @@ import importlib.util
 import os
 import sys
 
+from flexunet_k3.config import TrainConfig
 from flexunet_k3.distribution import cpu_device_count
 from flexunet_k3.errors import UserError
 
@@ -111,6 +112,22 @@ def devices() -> list[str]:
             f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())
         ]
     return found
+
+
+def processes() -> tuple[int, int]:
+    """This process's index and the process count; under JAX, the environment's
+    jax.distributed settings are joined first (flexunet_k3.distribution)."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return 0, 1
+    import jax
+
+    from flexunet_k3.distribution import join_jax_processes, multi_process_requested
+
+    if multi_process_requested() and not jax.distributed.is_initialized():
+        join_jax_processes(TrainConfig().coordinator_timeout)
+    return jax.process_index(), jax.process_count()
 
 
 def gpu_capability() -> tuple[int, int] | None:

@@ -236,6 +236,9 @@ class ReducerConfig(Section):
     min_lr: Real = Field(0.0, ge=0, le=10)
 
 
+MAX_DEVICES = 65_536
+
+
 class TrainConfig(Section):
     output_dir: Location = Path("runs/flexunet")
     epochs: Count = Field(100, ge=1, le=100_000)
@@ -255,9 +258,18 @@ class TrainConfig(Section):
     # Data parallelism on the backend's own engine (flexunet_k3.distribution); batch_size is
     # the global batch, split across the devices
     distribution: Literal["none", "data_parallel"] = "none"
-    devices: Literal["all"] | Annotated[Count, Field(ge=1, le=65_536)] = "all"
+    devices: Literal["all"] | Annotated[Count, Field(ge=1, le=MAX_DEVICES)] = "all"
     # Seconds to wait for the other processes: to start, and before a silent one counts as lost
     coordinator_timeout: Count = Field(300, ge=1, le=86_400)
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _all_or_a_count(cls, value):
+        """One message for both kinds of wrong value (pydantic would give one per type)."""
+        if value == "all" or (type(value) is int and 1 <= value <= MAX_DEVICES):
+            return value
+        raise ValueError(f"expected all or a device count from 1 to {MAX_DEVICES}, "
+                         f"got {value!r}")
 
     @field_validator("jit", mode="before")
     @classmethod

@@ -35,6 +35,10 @@ def refused(path, overrides=()) -> str:
     "text, expected",
     [
         ("train: {epochs: true}", "train.epochs: Input should be a valid integer"),
+        ("train: {devices: 0}", "train.devices: expected all or a device count from 1 to"),
+        ("train: {devices: two}", "train.devices: expected all or a device count"),
+        ("train: {distribution: ddp}", "train.distribution: Input should be 'none' or"),
+        ("train: {coordinator_timeout: 0}", "train.coordinator_timeout: Input should be greater"),
         ("train: {epochs: 2.5}", "train.epochs: Input should be a valid integer"),
         ("train: {epochs: 100001}", "train.epochs: Input should be less than or equal to 100000"),
         ("train: {batch_size: 5000}", "train.batch_size: Input should be less than or equal"),

@@ -66,6 +66,22 @@ def test_batches_have_the_right_shapes_and_types(tmp_path):
         dataset[3]
 
 
+def test_processes_get_their_parts_of_whole_per_device_batches(tmp_path):
+    root = write_split(tmp_path, count=11)
+    whole = make_dataset(root, batch_size=4, shuffle=True, seed=3)
+    parts = [make_dataset(root, batch_size=4, shuffle=True, seed=3, devices=2, process=(p, 2))
+             for p in range(2)]
+    # 11 images in global batches of 4 on 2 devices: 4, 4 and 2 (the 11th in no batch)
+    assert len(whole) == 3 and [len(part) for part in parts] == [3, 3]
+    assert parts[0].left_out == 1 and whole.left_out == 0
+    for index in range(3):
+        images = np.concatenate([part[index][0] for part in parts])
+        expected = whole[index][0]
+        np.testing.assert_array_equal(images, expected[: len(expected) // 2 * 2])
+    alone = make_dataset(root, batch_size=4, devices=4)  # one process, 4 devices: 4, 4
+    assert len(alone) == 2 and alone.left_out == 3
+
+
 def test_shuffle_order_follows_the_seed_and_the_epoch(tmp_path):
     root = write_split(tmp_path, count=8)
 
