@@ -21,6 +21,7 @@ from flexunet_k3.benchmark import (
     check_choices,
     recommendation,
     run_case,
+    scaling,
 )
 from flexunet_k3.config import MAX_BATCH_SIZE, load_config
 from flexunet_k3.errors import UserError
@@ -39,10 +40,13 @@ def _fmt(value, digits=1) -> str:
 
 def _table(rows: list[Row], title: str) -> Table:
     table = Table(title=title)
+    parallel = any(row.case.devices for row in rows)
+    efficiency = scaling(rows)
     for name in (
         "backend",
         "precision",
         "jit",
+        *(("devices", "img/s per device", "scaling") if parallel else ()),
         "batch",
         "train img/s",
         "step ms p50/p90",
@@ -56,12 +60,19 @@ def _table(rows: list[Row], title: str) -> Table:
         table.add_column(
             name, justify="left" if name in ("backend", "precision", "note") else "right"
         )
-    for row in rows:
+    for index, row in enumerate(rows):
         c = row.case
+        per_device = (
+            (str(c.devices),
+             _fmt(row.train_images_per_s and row.train_images_per_s / c.devices, 2),
+             f"{100 * efficiency[index]:.0f}%" if index in efficiency else "-")
+            if parallel else ()
+        )
         table.add_row(
             c.backend,
             f"auto ({row.precision})" if c.precision == "auto" and row.precision else c.precision,
             c.jit,
+            *per_device,
             str(c.batch_size),
             _fmt(row.train_images_per_s, 2),
             "-"
@@ -77,6 +88,19 @@ def _table(rows: list[Row], title: str) -> Table:
     return table
 
 
+def _device_counts(text: str, batch: int) -> list[int]:
+    """--devices as whole numbers from 1 to 4096 whose global batch stays in range."""
+    counts = []
+    for part in _split(text) or [""]:
+        if not part.isdigit() or not 1 <= int(part) <= 4096:
+            raise UserError(f"--devices: {part!r} is not a device count from 1 to 4096")
+        if batch * int(part) > MAX_BATCH_SIZE:
+            raise UserError(f"--devices: {part} devices of {batch} images make a batch over "
+                            f"{MAX_BATCH_SIZE}; lower --batch-size")
+        counts.append(int(part))
+    return counts
+
+
 def benchmark(
     config: Annotated[Path, typer.Option("--config", "-c", help="A YAML run config.")],
     backends: Annotated[str, typer.Option(help="Comma-separated backends.")] = ",".join(BACKENDS),
@@ -87,7 +111,13 @@ def benchmark(
         help="Comma-separated: " + ", ".join(JIT_MODES) + ".", show_default="train.jit"
     )] = None,
     batch_size: Annotated[int | None, typer.Option(
-        min=1, max=MAX_BATCH_SIZE, help="Images per step.", show_default="train.batch_size"
+        min=1, max=MAX_BATCH_SIZE, help="Images per step (per device, with --devices).",
+        show_default="train.batch_size"
+    )] = None,
+    devices: Annotated[str | None, typer.Option(
+        help="Comma-separated device counts, e.g. 1,2,4: data parallel on each (JAX and "
+        "TensorFlow), the batch per device fixed; reports img/s per device and the scaling "
+        "against 1. On a CPU, FLEXUNET_CPU_DEVICES=N splits it into N devices."
     )] = None,
     steps: Annotated[int, typer.Option(min=1, max=100_000, help="Timed training steps.")] = 10,
     warmup: Annotated[
@@ -107,11 +137,14 @@ def benchmark(
     cfg = load_config(config, overrides)
     if json_file is not None and json_file.is_dir():
         raise UserError(f"--json {json_file}: a folder; give a file name")
+    batch = batch_size or cfg.train.batch_size
+    counts = _device_counts(devices, batch) if devices is not None else [0]
     cases = [
-        Case(b, p, j, batch_size or cfg.train.batch_size, steps, warmup)
+        Case(b, p, j, batch * max(n, 1), steps, warmup, n)
         for b in check_choices(_split(backends), BACKENDS, "--backends")
         for p in check_choices(_split(precision or cfg.train.precision), PRECISIONS, "--precision")
         for j in check_choices(_split(jit or cfg.train.jit), JIT_MODES, "--jit")
+        for n in counts
     ]
     rows = [
         run_case(str(config), overrides or [], case, timeout)

@@ -35,9 +35,10 @@ class Case:
     backend: str
     precision: str
     jit: str
-    batch_size: int
+    batch_size: int  # the global batch
     steps: int
     warmup: int
+    devices: int = 0  # data parallel on this many devices; 0: train.distribution as configured
 
 
 @dataclass
@@ -120,8 +121,9 @@ def plan(case: Case, device: Device) -> tuple[Case, str, str]:
 
 
 def recommendation(rows: list[Row]) -> str | None:
-    """One line naming the fastest backend and precision by train img/s; None for one row or
-    none measured."""
+    """One line naming the fastest backend and precision by train img/s on one device; None
+    for one such row or none measured."""
+    rows = [row for row in rows if row.case.devices <= 1]
     measured = [row for row in rows if row.train_images_per_s is not None]
     if len(rows) < 2 or not measured:
         return None
@@ -144,9 +146,11 @@ def measure(config: Config, case: Case) -> Row:
     from flexunet_k3.training import set_up_process
 
     case, precision, note = plan(case, this_machine())
-    set_up_process(config, precision)
     config = config.model_copy(deep=True)
     config.train.jit = case.jit
+    if case.devices:
+        distribute(config, case)
+    set_up_process(config, precision)
     model = compile_model(config)
     m = config.model
     rng = np.random.default_rng(0)
@@ -175,7 +179,7 @@ def measure(config: Config, case: Case) -> Row:
     train_rate = case.batch_size / float(np.median(timed))
     return Row(
         case=case,
-        device=devices()[-1],
+        device=_device_label(case.devices, devices()[-1]),
         precision=precision,
         note=note,
         train_images_per_s=train_rate,
@@ -194,6 +198,43 @@ def _repeat(x, y, count: int):
     """A generator of the same batch, `count` times (no host-side data cost)."""
     for _ in range(count):
         yield x, y
+
+
+def _device_label(count: int, last: str) -> str:
+    """The device a row ran on; `N x` it for data parallelism, marked where the CPU was split
+    (FLEXUNET_CPU_DEVICES)."""
+    from flexunet_k3.distribution import CPU_DEVICES
+
+    if count < 2:
+        return last
+    simulated = " (simulated CPU devices)" if os.environ.get(CPU_DEVICES) else ""
+    return f"{count} x {last}{simulated}"
+
+
+def distribute(config: Config, case: Case) -> None:
+    """Set `config` and this process up for data parallelism on `case.devices` devices (one:
+    no distribution, the baseline)."""
+    from flexunet_k3.distribution import start
+
+    config.train.distribution = "data_parallel" if case.devices > 1 else "none"
+    config.train.devices = case.devices
+    config.train.batch_size = config.infer.batch_size = case.batch_size
+    start(config, case.backend, "flexunet benchmark")
+
+
+def scaling(rows: list[Row]) -> dict[int, float]:
+    """Per row (by index) with `devices`: its train img/s over `devices` times that of the
+    one-device row of the same backend, precision and jit (1.0: linear scaling)."""
+    single = {
+        (row.case.backend, row.case.precision, row.case.jit): row.train_images_per_s
+        for row in rows if row.case.devices == 1 and row.train_images_per_s
+    }
+    return {
+        index: row.train_images_per_s / (row.case.devices * base)
+        for index, row in enumerate(rows)
+        if row.case.devices and row.train_images_per_s
+        and (base := single.get((row.case.backend, row.case.precision, row.case.jit)))
+    }
 
 
 def run_case(config_path: str, overrides: list[str], case: Case, timeout: float) -> Row:

@@ -53,7 +53,10 @@ class Placement:
     def lost_process(self, exc: Exception) -> UserError | None:
         """The one-line error for a collective operation that failed because another process
         of a multi-process run stopped; None for any other exception."""
-        if self.process_count == 1 or type(exc).__name__ != "JaxRuntimeError":
+        # A failed collective comes as JAX's runtime error or, from jax.device_put's check
+        # that all processes agree, as a ValueError naming gloo (the CPU collectives)
+        collective = type(exc).__name__ == "JaxRuntimeError" or "Gloo" in str(exc)
+        if self.process_count == 1 or not collective:
             return None
         return UserError(
             f"process {self.process_index} of {self.process_count} stops: another process of "

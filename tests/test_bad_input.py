@@ -357,6 +357,10 @@ CASES = [
     Case("bench-precision", [*BENCH, "--precision", "fp8"], ("fp8",), config()),
     Case("bench-steps", [*BENCH, "--steps", "0"], ("steps",), config()),
     Case("bench-timeout", [*BENCH, "--timeout", "0"], ("timeout",), config()),
+    Case("bench-devices-zero", [*BENCH, "--devices", "1,0"], ("--devices: '0'",), config()),
+    Case("bench-devices-word", [*BENCH, "--devices", "two"], ("--devices: 'two'",), config()),
+    Case("bench-devices-batch", [*BENCH, "--devices", "4096", "--batch-size", "2"],
+         ("batch over 4096",), config()),
     # usage
     Case("unknown-command", ["fly"], ("fly",)),
     Case("unknown-option", ["config", "validate", "--colour"], ("--colour",)),

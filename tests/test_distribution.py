@@ -177,3 +177,27 @@ def test_evaluate_refuses_several_processes(tmp_path, tiny_dataset):
         capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_NUM_PROCESSES": "2"},
     )
     assert_one_line_error(done, "flexunet evaluate runs in one process")
+
+
+def test_benchmark_devices_reports_per_device_rates_and_scaling(tmp_path, tiny_dataset):
+    import json
+
+    config = config_for(tmp_path, tiny_dataset)
+    rows_file = tmp_path / "rows.json"
+    done = subprocess.run(
+        ["flexunet", "benchmark", "--config", str(config), "--backends", "jax,torch",
+         "--devices", "1,2", "--batch-size", "2", "--steps", "2", "--warmup", "1",
+         "--json", str(rows_file)],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "FLEXUNET_CPU_DEVICES": "2", "COLUMNS": "250"},
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(rows_file.read_text())["rows"]
+    jax_rows = [row for row in rows if row["case"]["backend"] == "jax"]
+    assert [(r["case"]["devices"], r["case"]["batch_size"]) for r in jax_rows] == [(1, 2), (2, 4)]
+    assert all(row["train_images_per_s"] > 0 for row in jax_rows)
+    assert "2 x" in jax_rows[1]["device"] and "simulated" in jax_rows[1]["device"]
+    torch_two = next(row for row in rows if row["case"]["backend"] == "torch"
+                     and row["case"]["devices"] == 2)
+    assert "data_parallel runs on the jax and tensorflow backends" in torch_two["error"]
+    assert "scaling" in done.stdout and "%" in done.stdout
