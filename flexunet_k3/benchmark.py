@@ -152,22 +152,8 @@ def measure(config: Config, case: Case) -> Row:
         distribute(config, case)
     set_up_process(config, precision)
     model = compile_model(config)
-    m = config.model
-    rng = np.random.default_rng(0)
-    batches = case.warmup + case.steps
-    x = rng.random((case.batch_size, m.image_height, m.image_width, m.image_channels), "float32")
-    y = rng.integers(0, m.num_classes, (case.batch_size, m.image_height, m.image_width))
-    stamps: list[float] = []
-
-    class StepTimer(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            float(logs["loss"])  # waits for the step on asynchronous backends
-            stamps.append(time.perf_counter())
-
-    data = _repeat(x, y, batches)
-    start = time.perf_counter()
-    model.fit(data, epochs=1, steps_per_epoch=batches, verbose=0, callbacks=[StepTimer()])
-    steps = np.diff([start, *stamps])
+    x, y = synthetic_batch(config, case.batch_size)
+    steps = step_times(model, x, y, case.warmup + case.steps)
     timed = steps[case.warmup :]
     infer_times = []
     for i in range(case.warmup + case.steps):
@@ -194,10 +180,32 @@ def measure(config: Config, case: Case) -> Row:
     )
 
 
-def _repeat(x, y, count: int):
-    """A generator of the same batch, `count` times (no host-side data cost)."""
-    for _ in range(count):
-        yield x, y
+def synthetic_batch(config: Config, batch_size: int):
+    """A random float32 image batch and integer class maps of the config's shapes."""
+    import numpy as np
+
+    m = config.model
+    rng = np.random.default_rng(0)
+    x = rng.random((batch_size, m.image_height, m.image_width, m.image_channels), "float32")
+    return x, rng.integers(0, m.num_classes, (batch_size, m.image_height, m.image_width))
+
+
+def step_times(model, x, y, steps: int):
+    """Seconds of each of `steps` `model.fit` steps on the same batch (no host-side data cost)."""
+    import keras
+    import numpy as np
+
+    stamps: list[float] = []
+
+    class StepTimer(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])  # waits for the step on asynchronous backends
+            stamps.append(time.perf_counter())
+
+    data = ((x, y) for _ in range(steps))
+    start = time.perf_counter()
+    model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[StepTimer()])
+    return np.diff([start, *stamps])
 
 
 def _device_label(count: int, last: str) -> str:

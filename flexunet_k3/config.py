@@ -253,8 +253,8 @@ class TrainConfig(Section):
     jit: Literal["auto", "on", "off"] = "auto"
     # None: every batch; fewer for smoke runs
     steps_per_epoch: Count | None = Field(None, ge=1, le=1_000_000)
-    # Keep freed memory in the process (glibc): faster steps, higher peak memory (BENCHMARKS.md)
-    reuse_freed_memory: bool = False
+    # Keep freed memory in the process (glibc): faster steps, some more peak memory (BENCHMARKS.md)
+    reuse_freed_memory: bool = True
     # Data parallelism on the backend's own engine (flexunet_k3.distribution); batch_size is
     # the global batch, split across the devices
     distribution: Literal["none", "data_parallel"] = "none"

@@ -9,7 +9,7 @@ from keras import ops
 
 from flexunet_k3 import scores
 from flexunet_k3.losses import categorical_crossentropy, ce_dice_loss, soft_dice_loss
-from flexunet_k3.metrics import ForegroundScore, dice_coef_multiclass, segmentation_metrics
+from flexunet_k3.metrics import SegmentationScores, dice_coef_multiclass, segmentation_metrics
 
 TOL = 1e-5
 
@@ -60,22 +60,41 @@ def test_dice_coef_multiclass_matches_reference(num_classes, case, one_hot):
     assert abs(keras_value - scores.dice_coef_multiclass(labels, probs)) < TOL
 
 
+def class_names(num_classes):
+    return [f"class{c}" for c in range(max(num_classes, 2))]
+
+
 @pytest.mark.parametrize("num_classes, case", ALL_CASES)
-@pytest.mark.parametrize("kind", ["dice", "iou"])
-def test_foreground_scores_match_reference(num_classes, case, kind):
+def test_segmentation_scores_match_reference(num_classes, case):
     labels, probs = cases(num_classes)[case]
-    for class_id in scores.foreground_classes(num_classes):
-        metric = ForegroundScore(class_id, kind)
-        # two batches: the state must accumulate across updates
-        metric.update_state(labels[:2], probs[:2])
-        metric.update_state(scores.one_hot(labels[2:], num_classes), probs[2:])
-        expected = scores.foreground_score(labels, probs, class_id, kind)
-        got = float(as_numpy(metric.result()))
-        if math.isnan(expected["score"]):
-            assert math.isnan(got)
-        else:
-            assert abs(got - expected["score"]) < TOL
-        assert float(as_numpy(metric.both_empty)) == expected["both_empty"]
+    metric = SegmentationScores(class_names(num_classes))
+    # two batches: the state must accumulate across updates
+    metric.update_state(labels[:2], probs[:2])
+    metric.update_state(scores.one_hot(labels[2:], num_classes), probs[2:])
+    results = {name: float(as_numpy(value)) for name, value in metric.result().items()}
+    expected = scores.dice_coef_multiclass(labels, probs)
+    assert abs(results.pop("dice_coef_multiclass") - expected) < TOL
+    both_empty = as_numpy(metric.images) - as_numpy(metric.counted)
+    for index, class_id in enumerate(scores.foreground_classes(num_classes)):
+        for kind in ("dice", "iou"):
+            expected = scores.foreground_score(labels, probs, class_id, kind)
+            got = results.pop(f"{kind}_class{class_id}")
+            if math.isnan(expected["score"]):
+                assert math.isnan(got)
+            else:
+                assert abs(got - expected["score"]) < TOL
+            assert both_empty[index] == expected["both_empty"]
+    assert not results  # nothing else
+
+
+def test_three_classes_pick_the_argmax():
+    """With more than two classes the class map is the argmax (ties to the lower class)."""
+    probs = np.array([[[[0.2, 0.5, 0.3], [0.4, 0.2, 0.4], [0.1, 0.1, 0.8]]]], "float32")
+    labels = np.array([[[1, 2, 2]]])  # pixel 2 is predicted as class 0 (tie 0.4 / 0.4)
+    metric = SegmentationScores(["background", "a", "b"])
+    metric.update_state(labels, probs)
+    results = {name: float(as_numpy(value)) for name, value in metric.result().items()}
+    assert results["dice_a"] == pytest.approx(1.0) and results["dice_b"] == pytest.approx(2 / 3)
 
 
 def test_empty_rules():
@@ -87,12 +106,12 @@ def test_empty_rules():
     probs = np.eye(2, dtype="float32")[pred_labels]  # image 2: both empty -> counted apart
     result = scores.foreground_score(truth, probs, 1)
     assert result == {"score": 0.5, "counted": 2, "both_empty": 1}
-    metric = ForegroundScore(1, "dice")
+    metric = SegmentationScores(["background", "tumor"])
     metric.update_state(truth, probs)
-    assert abs(float(as_numpy(metric.result())) - 0.5) < TOL
-    nothing = ForegroundScore(1, "dice")
+    assert abs(float(as_numpy(metric.result()["dice_tumor"])) - 0.5) < TOL
+    nothing = SegmentationScores(["background", "tumor"])
     nothing.update_state(np.zeros((2, 4, 4)), np.eye(2, dtype="float32")[np.zeros((2, 4, 4), int)])
-    assert math.isnan(float(as_numpy(nothing.result())))
+    assert math.isnan(float(as_numpy(nothing.result()["dice_tumor"])))
 
 
 @pytest.mark.parametrize("num_classes, case", ALL_CASES)
