@@ -130,6 +130,13 @@ def _read_model_file(path: Path, compile: bool):
             with current().scope():
                 return keras.saving.load_model(path, compile=compile, safe_mode=True)
         except Exception as exc:  # a corrupt or foreign file fails in many ways
+            if compile and "Could not locate class" in str(exc):
+                raise UserError(
+                    f"{path}: saved by an earlier flexunet whose training metrics this one no "
+                    f"longer has ({first_line(exc)[:80]}...), so it cannot go on training; "
+                    "evaluate and infer still load it: train anew with --overwrite or in "
+                    "another train.output_dir"
+                ) from None
             reason = first_line(exc, typed=True)
     raise UserError(
         f"{path}: cannot load this model ({reason}); it is damaged or not a flexunet model: "

@@ -3,6 +3,7 @@ every file unchanged), on this session's backend: damaged or foreign .keras file
 is not the config's, output folders holding files of the same names, a held run-folder lock."""
 
 import shutil
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +20,18 @@ CT = np.full((16, 16, 3), -1000, np.int16)
 
 def damaged(name: str, data: bytes):
     return text(f"r/run/models/{name}", data)
+
+
+def earlier_metrics(t: Path) -> None:
+    """models/last.keras as an earlier flexunet saved it: compiled with a metric class that this
+    one no longer has (the per-class ForegroundScore)."""
+    path = t / "r/run/models/last.keras"
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    files["config.json"] = files["config.json"].replace(b"SegmentationScores", b"ForegroundScore")
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
 
 
 def flat_affine(t: Path) -> None:
@@ -63,6 +76,8 @@ CASES = [
          folder("ct")),
     Case("volumes-no-split-record", ["evaluate", *C, "--volumes"], ("splits.json",)),
     Case("train-finished-run", ["train", *C], ("finished run", "--resume", "--overwrite")),
+    Case("train-resume-earlier-metrics", ["train", *C, "--resume", "--set", "train.epochs=3"],
+         ("saved by an earlier flexunet", "ForegroundScore", "--overwrite"), earlier_metrics),
     Case("train-resume-and-overwrite", ["train", *C, "--resume", "--overwrite"],
          ("--resume and --overwrite",)),
 ]
