@@ -148,8 +148,7 @@ def measure(config: Config, case: Case) -> Row:
     case, precision, note = plan(case, this_machine())
     config = config.model_copy(deep=True)
     config.train.jit = case.jit
-    if case.devices:
-        distribute(config, case)
+    placement = distribute(config, case)
     set_up_process(config, precision)
     model = compile_model(config)
     x, y = synthetic_batch(config, case.batch_size)
@@ -165,7 +164,7 @@ def measure(config: Config, case: Case) -> Row:
     train_rate = case.batch_size / float(np.median(timed))
     return Row(
         case=case,
-        device=_device_label(case.devices, devices()[-1]),
+        device=_device_label(placement.device_count, devices()[-1]),
         precision=precision,
         note=note,
         train_images_per_s=train_rate,
@@ -219,15 +218,17 @@ def _device_label(count: int, last: str) -> str:
     return f"{count} x {last}{simulated}"
 
 
-def distribute(config: Config, case: Case) -> None:
-    """Set `config` and this process up for data parallelism on `case.devices` devices (one:
-    no distribution, the baseline)."""
+def distribute(config: Config, case: Case):
+    """Set this process up for `case`: data parallel on `case.devices` devices (one: none, the
+    baseline), or train.distribution as configured where `case.devices` is 0; both steps take
+    the case's batch. Returns the placement."""
     from flexunet_k3.distribution import start
 
-    config.train.distribution = "data_parallel" if case.devices > 1 else "none"
-    config.train.devices = case.devices
+    if case.devices:
+        config.train.distribution = "data_parallel" if case.devices > 1 else "none"
+        config.train.devices = case.devices
     config.train.batch_size = config.infer.batch_size = case.batch_size
-    start(config, case.backend, "flexunet benchmark")
+    return start(config, case.backend, "flexunet benchmark")
 
 
 def scaling(rows: list[Row]) -> dict[int, float]:

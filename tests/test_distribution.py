@@ -201,3 +201,14 @@ def test_benchmark_devices_reports_per_device_rates_and_scaling(tmp_path, tiny_d
                      and row["case"]["devices"] == 2)
     assert "data_parallel runs on the jax and tensorflow backends" in torch_two["error"]
     assert "scaling" in done.stdout and "%" in done.stdout
+    # Without --devices, the config's train.distribution holds
+    config = config_for(tmp_path / "configured", tiny_dataset, distribution="data_parallel",
+                        devices=2)
+    done = subprocess.run(
+        ["flexunet", "benchmark", "--config", str(config), "--backends", "jax", "--steps", "1",
+         "--warmup", "1", "--json", str(rows_file)],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "FLEXUNET_CPU_DEVICES": "2"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "2 x" in json.loads(rows_file.read_text())["rows"][0]["device"]
