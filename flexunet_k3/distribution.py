@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -123,8 +125,9 @@ def multi_process_requested() -> bool:
 
 
 def join_jax_processes(timeout: int) -> None:
-    """jax.distributed.initialize from the environment, with CPU collectives over gloo;
-    a coordinator not reached within `timeout` seconds is one UserError."""
+    """jax.distributed.initialize from the environment, with CPU collectives over gloo. A
+    coordinator not reached, or processes not all joined, within `timeout` seconds end the
+    process with one error line."""
     import jax
 
     numbers = {}
@@ -138,22 +141,37 @@ def join_jax_processes(timeout: int) -> None:
         raise UserError(f"JAX_PROCESS_ID is {index} but JAX_NUM_PROCESSES is {count}: ids run "
                         "from 0 to JAX_NUM_PROCESSES - 1")
     address = os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if address and index:  # JAX ends the process, with no Python error, if none answers
+    if address and index:
         _wait_for_coordinator(address, timeout)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    where = address or "the coordinator"
+    # Where the others do not all join in time, JAX ends the process from C++ with a stack
+    # trace and no Python error: this timer ends it first, with one line (JAX waits longer).
+    waiting = threading.Timer(timeout, _give_up, args=(
+        f"the {count or 'other'} processes did not all join through {where} within "
+        f"train.coordinator_timeout ({timeout} s); start every one of them with the same "
+        "JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES and its own JAX_PROCESS_ID",))
+    waiting.daemon = True
+    waiting.start()
     try:
         jax.distributed.initialize(
-            num_processes=count, process_id=index, initialization_timeout=timeout,
+            num_processes=count, process_id=index, initialization_timeout=timeout + 60,
             heartbeat_timeout_seconds=timeout,
         )
-    except Exception as exc:  # no coordinator, a timeout, incomplete settings
-        address = os.environ.get("JAX_COORDINATOR_ADDRESS", "the coordinator")
+    except Exception as exc:  # incomplete settings, outside a cluster JAX knows
         raise UserError(
-            f"cannot join the other processes through {address} within "
-            f"train.coordinator_timeout ({timeout} s): {first_line(exc)}; check "
-            "JAX_COORDINATOR_ADDRESS, "
-            "JAX_NUM_PROCESSES and JAX_PROCESS_ID, and that process 0 runs"
+            f"cannot join the other processes through {where}: {first_line(exc)}; check "
+            "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID"
         ) from None
+    finally:
+        waiting.cancel()
+
+
+def _give_up(message: str) -> None:
+    """Print `message` as the command's one error line and end the process (exit code 2)."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    os._exit(2)
 
 
 def _wait_for_coordinator(address: str, timeout: int) -> None:

@@ -156,6 +156,10 @@ def test_a_lost_process_ends_the_other_with_one_line(tmp_path, tiny_dataset):
     ("jax", {"coordinator_timeout": 2},
      {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:9", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
      ["no coordinator answered at 127.0.0.1:9", "(2 s)"]),
+    ("jax", {"coordinator_timeout": 3},
+     {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}", "JAX_NUM_PROCESSES": "2",
+      "JAX_PROCESS_ID": "0"},
+     ["the 2 processes did not all join", "(3 s)"]),
     ("tensorflow", {}, {"TF_CONFIG": '{"cluster": {"worker": ["a:1", "b:1"]}}'},
      ["several workers", "--backend jax"]),
 ])
