@@ -34,19 +34,12 @@ def worker(config_path: str, precision: str, rounds: int, steps: int, overrides:
     select_backend(os.environ["KERAS_BACKEND"])
     from flexunet_k3.benchmark import step_times, synthetic_batch
     from flexunet_k3.config import load_config
-    from flexunet_k3.losses import get_loss
-    from flexunet_k3.model_io import JIT, compile_model, make_optimizer
-    from flexunet_k3.models import build_model
+    from flexunet_k3.model_io import compile_model
     from flexunet_k3.training import set_up_process
 
     config = load_config(config_path, overrides)
     set_up_process(config, precision)
-    models = {"flexunet": compile_model(config), "bare": build_model(config.model)}
-    models["bare"].compile(
-        optimizer=make_optimizer(config.optimizer),
-        loss=get_loss(config.train.loss),
-        jit_compile=JIT[config.train.jit],
-    )
+    models = {"flexunet": compile_model(config), "bare": compile_model(config, metrics=False)}
     x, y = synthetic_batch(config, config.train.batch_size)
     for model in models.values():
         step_times(model, x, y, 2)  # compilation and first allocations

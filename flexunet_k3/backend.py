@@ -123,10 +123,9 @@ def processes() -> tuple[int, int]:
         return 0, 1
     import jax
 
-    from flexunet_k3.distribution import join_jax_processes, multi_process_requested
+    from flexunet_k3.distribution import join_jax_processes
 
-    if multi_process_requested() and not jax.distributed.is_initialized():
-        join_jax_processes(TrainConfig().coordinator_timeout)
+    join_jax_processes(TrainConfig().coordinator_timeout)
     return jax.process_index(), jax.process_count()
 
 

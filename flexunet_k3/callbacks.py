@@ -132,16 +132,13 @@ class RunRecorder(keras.callbacks.Callback):
         if not finite_loss(logs):
             return
         self.state.record(logs)
-        if not self.writes:
-            save_model(self.model, None)
-            if self.state.best_epoch == self.state.epoch:
-                save_model(self.model, None)
-            return
-        save_model(self.model, self.run.last)
+        last, best = (self.run.last, self.run.best) if self.writes else (None, None)
+        save_model(self.model, last)
         if self.state.best_epoch == self.state.epoch:
-            save_model(self.model, self.run.best)
-        write_curves(self.state.history, self.run.eval_dir)
-        self.state.save(self.run.history)
+            save_model(self.model, best)
+        if self.writes:
+            write_curves(self.state.history, self.run.eval_dir)
+            self.state.save(self.run.history)
 
 
 class EpochChangeInfer(keras.callbacks.Callback):

@@ -13,6 +13,7 @@ batch: each process feeds its share of every batch, and only process 0 writes fi
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -22,7 +23,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from flexunet_k3.config import Config, TrainConfig
-from flexunet_k3.errors import UserError, first_line
+from flexunet_k3.errors import UserError, first_line, plural
 
 CPU_DEVICES = "FLEXUNET_CPU_DEVICES"  # split the CPU into this many devices (tests, benchmarks)
 BACKENDS_WITH_IT = ("jax", "tensorflow")
@@ -65,12 +66,6 @@ class Placement:
             f"the run stopped or cannot be reached ({first_line(exc)}); see its log, then "
             "start all of them again (with --resume to go on from models/last.keras)"
         )
-
-    def describe(self) -> str:
-        if not self.devices:
-            return "one device (distribution: none)"
-        processes = f", process {self.process_index} of {self.process_count}"
-        return f"data parallel on {len(self.devices)} devices{processes}"
 
 
 _current = Placement()
@@ -125,11 +120,14 @@ def multi_process_requested() -> bool:
 
 
 def join_jax_processes(timeout: int) -> None:
-    """jax.distributed.initialize from the environment, with CPU collectives over gloo. A
-    coordinator not reached, or processes not all joined, within `timeout` seconds end the
-    process with one error line."""
+    """Where the environment asks for several processes and they are not joined yet:
+    jax.distributed.initialize from it, with CPU collectives over gloo. A coordinator not
+    reached, or processes not all joined, within `timeout` seconds end the process with one
+    error line."""
     import jax
 
+    if not multi_process_requested() or jax.distributed.is_initialized():
+        return
     numbers = {}
     for name in MULTI_PROCESS_VARIABLES[1:]:
         text = os.environ.get(name)
@@ -199,8 +197,7 @@ def _start_jax(train: TrainConfig) -> Placement:
     import jax
     import keras
 
-    if multi_process_requested() and not jax.distributed.is_initialized():
-        join_jax_processes(train.coordinator_timeout)
+    join_jax_processes(train.coordinator_timeout)
     found = jax.devices()
     chosen = _choose(found, train.devices, "JAX", jax.process_count())
     # Each process reads its own part of every batch (the loader), not a tf.data shard.
@@ -233,9 +230,8 @@ def _choose(found: list, wanted: int | str, engine: str, processes: int) -> list
         hint = (f"; to split the CPU into {wanted} devices (for tests), set {CPU_DEVICES}={wanted}"
                 if kind == "CPU" else "")
         raise UserError(
-            f"train.devices is {wanted} but {engine} sees {len(found)} {kind} "
-            f"device{'s' if len(found) != 1 else ''}: set train.devices to all or at most "
-            f"{len(found)}{hint}"
+            f"train.devices is {wanted} but {engine} sees {plural(len(found), kind + ' device')}"
+            f": set train.devices to all or at most {len(found)}{hint}"
         )
     if processes > 1 and wanted != len(found):
         raise UserError(
@@ -247,8 +243,6 @@ def _choose(found: list, wanted: int | str, engine: str, processes: int) -> list
 
 def _tensorflow_workers() -> int:
     """How many workers TF_CONFIG names (0 when unset or unreadable)."""
-    import json
-
     try:
         cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
         return len(cluster.get("worker", [])) + len(cluster.get("chief", []))

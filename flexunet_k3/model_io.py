@@ -40,14 +40,16 @@ def make_optimizer(config: OptimizerConfig) -> keras.optimizers.Optimizer:
     return keras.optimizers.SGD(momentum=config.momentum, **common)
 
 
-def compile_model(config: Config) -> keras.Model:
-    """A new model compiled with the configured optimizer, loss and segmentation metrics."""
+def compile_model(config: Config, *, metrics: bool = True) -> keras.Model:
+    """A new model compiled with the configured optimizer, loss and (unless not `metrics`:
+    the bare model benchmarks/bare_fit.py compares with) the segmentation metrics."""
+    names = [spec.name for spec in config.data.classes]
     with current().scope():
         model = build_model(config.model)
         model.compile(
             optimizer=make_optimizer(config.optimizer),
             loss=get_loss(config.train.loss),
-            metrics=segmentation_metrics([spec.name for spec in config.data.classes]),
+            metrics=segmentation_metrics(names) if metrics else None,
             jit_compile=JIT[config.train.jit],
         )
     return model
