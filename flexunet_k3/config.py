@@ -22,7 +22,9 @@ from pydantic import (
     model_validator,
 )
 
+from flexunet_k3.architectures import ARCHITECTURES
 from flexunet_k3.errors import UserError, first_line, plural
+from flexunet_k3.files import read_bytes
 
 MAX_BATCH_SIZE = 4096
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few kB; this bounds what a wrong file costs to read
@@ -73,7 +75,7 @@ class ClassSpec(Section):
 
 
 class ModelConfig(Section):
-    """The network; `name` picks an architecture from the registry (flexunet_k3.models)."""
+    """The network; `name` picks an architecture (flexunet_k3.architectures)."""
 
     name: str = "flexunet"
     image_height: Count = Field(512, ge=1, le=8192)
@@ -98,10 +100,8 @@ class ModelConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_architecture(cls, name):
-        from flexunet_k3.models import MODELS  # imports this module: not at module level
-
-        if name not in MODELS:
-            raise ValueError(f"unknown architecture {name!r}; known: {', '.join(MODELS)}")
+        if name not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
         return name
 
     @field_validator("base_kernels")
@@ -426,20 +426,7 @@ def _parse_yaml(text: str):
 
 def read_yaml(path: Path) -> dict:
     """A YAML mapping from a file, or a UserError naming the file."""
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder, not a config file; give the YAML file")
-    if not path.is_file():
-        problem = "not a regular file" if path.exists() else "config file not found"
-        raise UserError(f"{path}: {problem}; give the YAML config file")
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read: {first_line(exc)}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise UserError(
-            f"{path}: over {MAX_CONFIG_BYTES} bytes, too big for a config file; check the path"
-        )
+    raw = read_bytes(path, "give the YAML config file", MAX_CONFIG_BYTES)
     try:
         data = _parse_yaml(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from flexunet_k3.errors import UserError, listing
+from flexunet_k3.errors import UserError, first_line, listing
 
 MAX_JSON_BYTES = 64 * 2**20  # a record or dataset.json this command reads: far more than any needs
 
@@ -124,7 +124,10 @@ def read_bytes(path: Path, hint: str, limit: int | None = None) -> bytes:
     if not path.is_file():
         raise UserError(f"{path}: {describe(path)}; {hint}")
     check_size(str(path), path.stat().st_size, limit, hint)
-    return path.read_bytes()
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {first_line(exc)}") from None
 
 
 def check_size(where: str, size: int, limit: int | None, hint: str) -> None:

@@ -75,7 +75,7 @@ def test_auto_runs_as_resolved_and_the_fastest_row_is_recommended(tiny_config, t
 def test_a_case_that_cannot_run_is_a_row_with_the_reason(tiny_config, tmp_path, monkeypatch):
     case = Case(keras.backend.backend(), "float32", "auto", 2, 1, 1)
     missing = run_case(str(tmp_path / "gone.yaml"), [], case, timeout=600)
-    assert missing.train_images_per_s is None and "config file not found" in missing.error
+    assert missing.train_images_per_s is None and "gone.yaml: not found" in missing.error
     monkeypatch.setattr(benchmark, "installed_backends", lambda: [])
     absent = run_case(str(tiny_config), [], case, timeout=600)
     assert absent.error == f"{case.backend} is not installed"

@@ -61,7 +61,8 @@ def test_config_validate_bad_config_exits_2(tmp_path, text, fragment):
 
 def test_config_validate_missing_file_exits_2(tmp_path):
     assert_one_line_error(
-        flexunet("config", "validate", str(tmp_path / "gone.yaml")), "config file not found"
+        flexunet("config", "validate", str(tmp_path / "gone.yaml")),
+        "gone.yaml: not found; give the YAML config file",
     )
 
 

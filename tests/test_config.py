@@ -93,7 +93,7 @@ def test_bad_configs_name_file_and_key(tmp_path, text, expected):
 
 
 def test_missing_config_file(tmp_path):
-    with pytest.raises(UserError, match="config file not found"):
+    with pytest.raises(UserError, match="not found; give the YAML config file"):
         load_config(tmp_path / "nope.yaml")
 
 

@@ -135,7 +135,7 @@ def test_set_keys_with_empty_parts_are_refused_and_empty_sections_filled(tmp_pat
         ("a: !!int x\n", "cannot construct a value (invalid literal for int()"),
         ("a: " + "[" * 3000 + "]" * 3000 + "\n", "not valid YAML: nested too deeply"),
         (b"train: {epochs: \xff}\n", "not UTF-8 text (invalid start byte at byte 16)"),
-        ("#" * (1 << 20) + "\n", "too big for a config file"),
+        ("#" * (1 << 20) + "\n", "more than the 1048576 such a file may have; give the YAML"),
     ],
 )
 def test_odd_yaml_files_get_one_line(tmp_path, content, expected):
@@ -146,9 +146,9 @@ def test_odd_yaml_files_get_one_line(tmp_path, content, expected):
 
 
 def test_a_folder_or_a_pipe_given_as_the_config_says_so(tmp_path):
-    assert "is a folder, not a config file" in refused(tmp_path)
+    assert "is a folder; give the YAML config file" in refused(tmp_path)
     os.mkfifo(tmp_path / "pipe")
-    assert "not a regular file" in refused(tmp_path / "pipe")
+    assert "is a special file (device, pipe or socket)" in refused(tmp_path / "pipe")
 
 
 def test_the_command_line_names_set_folders_and_option_ranges(tmp_path):
