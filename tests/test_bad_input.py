@@ -412,6 +412,10 @@ CASES = [
     Case("vol-link-loop", [*EV[:2], "{t}/pred/a.nii.gz", *EV[3:]],
          ("a.nii.gz", "symbolic link to nothing"),
          both(nifti("gt/a.nii.gz", VOLUME), link("pred/a.nii.gz", "a.nii.gz"))),
+    Case("vol-held-out-window", ["evaluate", "--config", "{t}/config.yaml", "--volumes"],
+         ("splits.json", "window [225, -125] is not LOW < HIGH"),
+         both(config(), text("dataset/splits.json", json.dumps(
+             {"source": "task", "window": [225, -125], "splits": {"test": []}, "files": {}})))),
     Case("vol-no-label", EV, ("no label for b",), both(VOLUMES, nifti("pred/b.nii.gz", VOLUME))),
     Case("vol-without-labels", ["evaluate", "--volumes", "{t}/pred"], ("--labels",), VOLUMES),
     Case("vol-report-exists", EV, ("evaluation_volumes", "--overwrite"),
