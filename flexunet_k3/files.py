@@ -109,12 +109,16 @@ def refuse_overwriting(folder: Path, names: Sequence[str], overwrite: bool) -> N
 
 def describe(path: Path) -> str:
     """What stands at `path`, for messages: "is a file", "is a folder", "is a special file
-    (device, pipe or socket)" or "not found"."""
+    (device, pipe or socket)", "is a symbolic link to nothing (...)" or "not found"."""
     if path.is_file():
         return "is a file"
     if path.is_dir():
         return "is a folder"
-    return "is a special file (device, pipe or socket)" if path.exists() else "not found"
+    if path.exists():
+        return "is a special file (device, pipe or socket)"
+    if path.is_symlink():
+        return "is a symbolic link to nothing (a loop, or its target is gone)"
+    return "not found"
 
 
 def read_bytes(path: Path, hint: str, limit: int | None = None) -> bytes:

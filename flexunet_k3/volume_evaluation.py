@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from flexunet_k3.config import Config
-from flexunet_k3.data.nifti import Volume
+from flexunet_k3.data.nifti import Volume, check_class_ids
 from flexunet_k3.errors import UserError, listing, plural
 from flexunet_k3.evaluation import csv_text
 from flexunet_k3.files import write_json, write_text
@@ -36,13 +36,10 @@ class VolumeReport:
 
 def label_map(volume: Volume, classes: int, role: str) -> np.ndarray:
     """The volume's voxels as class ids 0..classes-1; refused if any voxel is no class."""
+    check_class_ids(volume, role)
     data = volume.data
-    if data.dtype.kind == "f":
-        if not np.isfinite(data).all() or (data != np.round(data)).any():
-            raise UserError(f"{volume.where}: {role} holds values that are not whole numbers; "
-                            "give a label map of class ids")
     low, high = data.min(), data.max()
-    if low < 0 or high >= classes:
+    if high >= classes:
         raise UserError(f"{volume.where}: {role} holds values {low:g}..{high:g} but the classes "
                         f"are 0..{classes - 1}; give a label map of class ids (data.classes)")
     return data.astype(np.uint8)
@@ -93,12 +90,12 @@ def evaluate_held_out(model, config: Config, inputs: list[VolumeInput],
     class_names = [spec.name for spec in config.data.classes]
     rows = []
     for item in track(inputs, "evaluating volumes", total=len(inputs)):
-        volume = item.read()
-        predicted, _ = segment_volume(model, volume, config, window)
-        truth = item.label()
+        volume, truth = item.read(), item.label()
         if truth.data.shape != volume.data.shape:
-            raise UserError(f"{truth.where}: shape {truth.data.shape} but its image has "
-                            f"{volume.data.shape}")
+            raise UserError(f"{truth.where}: shape {truth.data.shape} but its image "
+                            f"{volume.where} has {volume.data.shape}; a label must lie on its "
+                            "image's voxel grid")
+        predicted, _ = segment_volume(model, volume, config, window)
         rows += score_case(item.name, predicted, truth, class_names, tolerance_mm)
     return VolumeReport(rows, _summary(rows, class_names, tolerance_mm))
 

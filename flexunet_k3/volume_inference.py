@@ -29,7 +29,7 @@ from flexunet_k3.data.nifti import (
     to_display,
     write_like,
 )
-from flexunet_k3.errors import UserError
+from flexunet_k3.errors import UserError, listing
 from flexunet_k3.files import check_output_folder, describe, refuse_overwriting, staged
 from flexunet_k3.inference import iter_probabilities, labels_of
 from flexunet_k3.progress import track
@@ -44,20 +44,21 @@ class VolumeInput:
     name: str  # the output's name without .nii.gz
     read: Callable[[], Volume]
     label: Callable[[], Volume] | None = None
+    path: Path | None = None  # the file read, where it is one (not inside an archive)
 
 
 def volumes_at(path: Path) -> list[VolumeInput]:
     """The volumes to segment at `path`: a .nii/.nii.gz file, a folder of them, or a
     Decathlon task (folder or .tar), whose test volumes (imagesTs) are taken."""
     if path.is_file() and is_nifti(path.name):
-        return [VolumeInput(nifti_stem(path.name), lambda: read_volume(path))]
+        return [_file_input(path)]
     if path.is_dir() and not _is_task_folder(path):
         files = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p.name)
                        and not p.name.startswith("."))
         if not files:
             raise UserError(f"{path}: no .nii or .nii.gz files here; give a NIfTI file, a folder "
                             "of them or a Decathlon task")
-        return _unique([VolumeInput(nifti_stem(p.name), lambda p=p: read_volume(p)) for p in files])
+        return _unique([_file_input(p) for p in files])
     if not (path.is_file() or path.is_dir()):  # missing, or a pipe that reading would hang on
         raise UserError(f"{path}: {describe(path)}; give a NIfTI file, a folder of them or a task")
     return _task_test_volumes(open_source(path))
@@ -78,11 +79,7 @@ def held_out_volumes(config: Config, source: Path | None = None) -> list[VolumeI
     inputs = []
     for case in record["splits"]["test"]:
         files = record["files"][case]
-        inputs.append(VolumeInput(
-            nifti_stem(posixpath.basename(files["image"])),
-            lambda name=files["image"]: read_task_volume(task, name),
-            lambda name=files["label"]: read_task_volume(task, name),
-        ))
+        inputs.append(_task_input(task, files["image"], files["label"]))
     if not inputs:
         raise UserError(f"{config.data.dataset}: no test patients in its splits.json")
     return inputs
@@ -141,7 +138,16 @@ def infer_volumes(
     names = [f"{item.name}.nii.gz" for item in inputs]
     if probabilities:
         names += [f"{item.name}{PROBABILITIES_SUFFIX}.nii.gz" for item in inputs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # `a_probabilities` is also the probabilities of `a`
+        raise UserError(f"{output_dir}: {listing(twice)} would be written twice (from two "
+                        "inputs); rename one input, or leave out --probabilities")
     check_output_folder(output_dir)
+    sources = {item.path.resolve() for item in inputs if item.path is not None}
+    for name in names:  # --overwrite or not: the input is the user's own
+        if (output_dir / name).resolve() in sources:
+            raise UserError(f"{output_dir / name}: is an input volume, which the output would "
+                            "replace; choose another --output")
     refuse_overwriting(output_dir, names, overwrite)
     with staged(output_dir) as staging:
         for item in track(inputs, "inferring volumes", total=len(inputs)):
@@ -171,8 +177,21 @@ def _task_test_volumes(task: Source) -> list[VolumeInput]:
     if not names:
         raise UserError(f"{task.where('imagesTs')}: no test volumes; for the patients held out "
                         "by `prepare msd`, pass --split test")
-    return _unique([VolumeInput(nifti_stem(posixpath.basename(name)),
-                                lambda name=name: read_task_volume(task, name)) for name in names])
+    return _unique([_task_input(task, name) for name in names])
+
+
+def _file_input(path: Path) -> VolumeInput:
+    return VolumeInput(nifti_stem(path.name), lambda: read_volume(path), path=path)
+
+
+def _task_input(task: Source, image: str, label: str | None = None) -> VolumeInput:
+    """A volume of a Decathlon task (folder or archive), and its label if named."""
+    return VolumeInput(
+        nifti_stem(posixpath.basename(image)),
+        lambda: read_task_volume(task, image),
+        None if label is None else lambda: read_task_volume(task, label),
+        None if task.members is not None else task.path / task.root / image,
+    )
 
 
 def _unique(inputs: list[VolumeInput]) -> list[VolumeInput]:

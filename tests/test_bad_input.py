@@ -102,6 +102,23 @@ def nifti(name: str, data: np.ndarray, affine=None) -> Callable[[Path], None]:
     return write
 
 
+def nifti_with(data: np.ndarray, **fields) -> bytes:
+    """Gzipped NIfTI bytes whose header fields are then overwritten as given (as no writer
+    would: negative dims, pixdim 0, a shape the voxels do not fill)."""
+    raw = nib.Nifti1Image(data, np.diag([0.7, 0.7, 2.5, 1])).to_bytes()
+    header = nib.Nifti1Header(raw[:348], check=False)
+    for key, value in fields.items():
+        header[key] = value
+    return gzip.compress(header.binaryblock + raw[348:])
+
+
+def link(name: str, target: str) -> Callable[[Path], None]:
+    def write(t: Path) -> None:
+        (t / name).parent.mkdir(parents=True, exist_ok=True)
+        (t / name).symlink_to(target)
+    return write
+
+
 def folder(name: str) -> Callable[[Path], None]:
     return lambda t: (t / name).mkdir(parents=True, exist_ok=True)
 
@@ -114,6 +131,8 @@ MASK = np.zeros((16, 16), np.uint8)
 MASK[4:9, 4:9] = 255
 VOLUME = np.zeros((12, 12, 4), np.uint8)
 VOLUME[3:7, 3:7, 1:3] = 1
+NAN_CT = np.zeros((12, 12, 4), np.float32)
+NAN_CT[2, 3, 1] = np.nan
 PAIR = both(png("pred/a.png", MASK), png("gt/a.png", MASK))
 VOLUMES = both(nifti("pred/a.nii.gz", VOLUME), nifti("gt/a.nii.gz", VOLUME))
 
@@ -307,6 +326,16 @@ CASES = [
     Case("msd-complex-volume", [*MSD, "--strict"], ("lung_001.nii.gz",), task(PAIRS, {
         "imagesTr/lung_001.nii.gz": nifti_bytes(np.zeros((8, 8, 2), np.complex64)),
         "labelsTr/lung_001.nii.gz": nifti_bytes(np.zeros((8, 8, 2), np.uint8))})),
+    Case("msd-nan-volume", MSD, ("lung_001.nii.gz", "NaN or infinite values in 1 voxel"),
+         task(PAIRS, {"imagesTr/lung_001.nii.gz": nifti_bytes(NAN_CT),
+                      "labelsTr/lung_001.nii.gz": nifti_bytes(VOLUME)})),
+    Case("msd-label-negative", MSD, ("lung_001.nii.gz", "negative values"), task(PAIRS, {
+        "imagesTr/lung_001.nii.gz": nifti_bytes(np.zeros((12, 12, 4), np.int16)),
+        "labelsTr/lung_001.nii.gz": nifti_bytes(VOLUME.astype(np.int16) - 1)})),
+    Case("msd-header-bomb", MSD, ("lung_001.nii.gz", "promises 2147483648 bytes"), task(PAIRS, {
+        "imagesTr/lung_001.nii.gz": nifti_with(np.zeros((2, 2, 2)), dim=[3, 512, 512, 1024, 1, 1,
+                                                                          1, 1]),
+        "labelsTr/lung_001.nii.gz": nifti_bytes(VOLUME)}), subprocess=True),
     Case("msd-window", [*MSD, "--window", "100,0"], ("window",), task(PAIRS)),
     Case("msd-split", [*MSD, "--split", "0.5,0.5,0.5"], ("split",), task(PAIRS)),
     Case("msd-size", [*MSD, "--size", "5"], ("size",), task(PAIRS)),
@@ -345,6 +374,48 @@ CASES = [
          both(nifti("pred/a.nii.gz", VOLUME), nifti("gt/a.nii.gz", VOLUME * 5))),
     Case("vol-label-fractional", EV, ("a.nii.gz", "whole numbers"),
          both(nifti("pred/a.nii.gz", VOLUME), nifti("gt/a.nii.gz", VOLUME * 0.5))),
+    Case("vol-label-negative", EV, ("a.nii.gz", "negative values"),
+         both(nifti("pred/a.nii.gz", VOLUME), nifti("gt/a.nii.gz", VOLUME.astype(np.int8) - 1))),
+    Case("vol-label-nan", EV, ("gt/a.nii.gz", "NaN or infinite values in 1 voxel (of 576)"),
+         both(nifti("pred/a.nii.gz", VOLUME), nifti("gt/a.nii.gz", NAN_CT))),
+    Case("vol-no-voxels", EV, ("a.nii.gz", "shape (12, 12, 0) holds no voxels"),
+         both(nifti("pred/a.nii.gz", VOLUME[:, :, :0]), nifti("gt/a.nii.gz", VOLUME))),
+    Case("vol-negative-dim", EV, ("a.nii.gz", "shape (-12, 12, 4) holds no voxels"),
+         both(text("pred/a.nii.gz", nifti_with(VOLUME, dim=[3, -12, 12, 4, 1, 1, 1, 1])),
+              nifti("gt/a.nii.gz", VOLUME))),
+    Case("vol-pixdim-nan", EV, ("a.nii.gz", "pixdim) 0.7 x nan x 2.5 mm"),
+         both(VOLUMES, text("gt/a.nii.gz", nifti_with(VOLUME, pixdim=[1, 0.7, np.nan, 2.5, 1, 1,
+                                                                       1, 1])))),
+    Case("vol-pixdim-zero", EV, ("a.nii.gz", "pixdim) 0 x 0 x 0 mm"),
+         both(VOLUMES, text("gt/a.nii.gz", nifti_with(VOLUME, pixdim=[1, 0, 0, 0, 1, 1, 1, 1],
+                                                       qform_code=0, sform_code=0)))),
+    Case("vol-header-bomb", EV, ("a.nii.gz", "promises 2147483648 bytes", "(gzipped)"),
+         both(text("pred/a.nii.gz", nifti_with(np.zeros((2, 2, 2)),
+                                               dim=[3, 512, 512, 1024, 1, 1, 1, 1])),
+              nifti("gt/a.nii.gz", VOLUME)), subprocess=True),
+    Case("vol-header-only", EV, ("a.nii.gz", "not a readable NIfTI", "could the file be damaged"),
+         both(text("pred/a.nii.gz", gzip.compress(nib.Nifti1Image(VOLUME, None).to_bytes()[:352])),
+              nifti("gt/a.nii.gz", VOLUME))),
+    Case("vol-truncated-gz", EV, ("a.nii.gz", "not a readable NIfTI"),
+         both(text("pred/a.nii.gz", nifti_bytes(np.arange(576, dtype=np.int16).reshape(
+             12, 12, 4))[:400]), nifti("gt/a.nii.gz", VOLUME))),
+    Case("vol-truncated-nii", EV, ("a.nii", "promises", "truncated"),
+         both(text("pred/a.nii", nib.Nifti1Image(VOLUME, None).to_bytes()[:400]),
+              nifti("gt/a.nii", VOLUME))),
+    Case("vol-garbage-bytes", EV, ("a.nii", "not a readable NIfTI"),
+         both(text("pred/a.nii", bytes(range(256)) * 4), nifti("gt/a.nii", VOLUME))),
+    Case("vol-gzip-not-nifti", EV, ("a.nii.gz", "not a readable NIfTI"),
+         both(text("pred/a.nii.gz", gzip.compress(b"not a volume\n" * 100)),
+              nifti("gt/a.nii.gz", VOLUME))),
+    Case("vol-same-stem", EV, ("two volumes are named a",),
+         both(VOLUMES, nifti("pred/a.nii", VOLUME))),
+    Case("vol-link-loop", [*EV[:2], "{t}/pred/a.nii.gz", *EV[3:]],
+         ("a.nii.gz", "symbolic link to nothing"),
+         both(nifti("gt/a.nii.gz", VOLUME), link("pred/a.nii.gz", "a.nii.gz"))),
+    Case("vol-held-out-window", ["evaluate", "--config", "{t}/config.yaml", "--volumes"],
+         ("splits.json", "window [225, -125] is not LOW < HIGH"),
+         both(config(), text("dataset/splits.json", json.dumps(
+             {"source": "task", "window": [225, -125], "splits": {"test": []}, "files": {}})))),
     Case("vol-no-label", EV, ("no label for b",), both(VOLUMES, nifti("pred/b.nii.gz", VOLUME))),
     Case("vol-without-labels", ["evaluate", "--volumes", "{t}/pred"], ("--labels",), VOLUMES),
     Case("vol-report-exists", EV, ("evaluation_volumes", "--overwrite"),

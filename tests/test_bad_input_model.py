@@ -16,6 +16,8 @@ from flexunet_k3.run_folder import RunFolder
 C = ["--config", "{t}/r/config.yaml"]
 MASK = np.zeros((16, 16), np.uint8)
 CT = np.full((16, 16, 3), -1000, np.int16)
+NAN_CT = CT.astype(np.float32)
+NAN_CT[8, 8, 1] = np.nan
 
 
 def damaged(name: str, data: bytes):
@@ -72,6 +74,17 @@ CASES = [
          ("a.nii.gz", "4D"), nifti("ct/a.nii.gz", np.zeros((8, 8, 2, 2), np.int16))),
     Case("volumes-degenerate-affine", ["infer", *C, "--volumes", "{t}/ct", "--output",
                                        "{t}/out"], ("a.nii.gz", "affine"), flat_affine),
+    Case("volumes-nan", ["infer", *C, "--volumes", "{t}/ct", "--output", "{t}/out"],
+         ("a.nii.gz", "NaN or infinite values in 1 voxel"), nifti("ct/a.nii.gz", NAN_CT)),
+    Case("volumes-no-voxels", ["infer", *C, "--volumes", "{t}/ct", "--output", "{t}/out"],
+         ("a.nii.gz", "shape (32, 32, 0) holds no voxels"),
+         nifti("ct/a.nii.gz", np.zeros((32, 32, 0), np.int16))),
+    Case("volumes-output-is-input", ["infer", *C, "--volumes", "{t}/ct/a.nii.gz", "--output",
+                                     "{t}/ct", "--overwrite"], ("a.nii.gz", "is an input volume"),
+         nifti("ct/a.nii.gz", CT)),
+    Case("volumes-written-twice", ["infer", *C, "--volumes", "{t}/ct", "--output", "{t}/out",
+                                   "--probabilities"], ("a_probabilities.nii.gz", "twice"),
+         both(nifti("ct/a.nii.gz", CT), nifti("ct/a_probabilities.nii.gz", CT))),
     Case("volumes-empty-folder", ["infer", *C, "--volumes", "{t}/ct"], ("no .nii",),
          folder("ct")),
     Case("volumes-no-split-record", ["evaluate", *C, "--volumes"], ("splits.json",)),

@@ -2,6 +2,7 @@
 
 import json
 import tarfile
+import warnings
 
 import keras
 import nibabel as nib
@@ -10,7 +11,13 @@ import pytest
 from conftest import assert_one_line_error, flexunet
 
 from flexunet_k3.config import Config
-from flexunet_k3.data.nifti import Volume, from_display, read_volume, to_display
+from flexunet_k3.data.nifti import (
+    Volume,
+    from_display,
+    read_volume,
+    to_display,
+    window_to_uint8,
+)
 from flexunet_k3.data.synthetic import write_synthetic_dataset
 from flexunet_k3.errors import UserError
 from flexunet_k3.inference import predict_probabilities
@@ -122,6 +129,13 @@ def test_display_view_and_back_are_inverse():
         np.testing.assert_array_equal(from_display(display, affine(kind)), volume)
 
 
+def test_windowing_clips_before_the_cast():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a float64 beyond float32 overflowed in the cast
+        grey = window_to_uint8(np.array([[1e300, -1e300, 50.0]]), WINDOW)
+    np.testing.assert_array_equal(grey, [[255, 0, 128]])
+
+
 def test_probabilities_are_resized_back_and_mirroring_averages_the_flip():
     images = np.random.default_rng(0).integers(0, 255, (5, 20, 28, 1), dtype=np.uint8)
     model = threshold_model(16)
@@ -174,6 +188,10 @@ def test_held_out_patients_from_the_recorded_split(tmp_path):
     report = evaluate_held_out(threshold_model(32), cfg, inputs, WINDOW, 1.0)
     assert {row["case"] for row in report.rows} == {item.name for item in inputs}
     assert report.summary["volumes"] == len(inputs)
+    label = tmp_path / "ct" / "labelsTr" / f"{inputs[0].name}.nii.gz"
+    write_nifti(label, np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(UserError, match="shape .* but its image .* has .*; a label must lie"):
+        evaluate_held_out(None, cfg, inputs, WINDOW, 1.0)  # refused before any prediction
 
 
 def test_volume_inputs_refuse_bad_files(tmp_path):

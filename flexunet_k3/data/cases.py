@@ -79,10 +79,12 @@ def read_splits(dataset: Path) -> dict:
         record = json.loads(path.read_text(encoding="utf-8"))
         cases = record["splits"]["test"]
         paths = [record["files"][case] for case in cases]
-        if not (isinstance(record["source"], str) and all("image" in p and "label" in p
-                                                          for p in paths)):
-            raise TypeError("source is not a path or a case has no image/label")
+        if not (isinstance(record["source"], str) and all(
+                isinstance(p["image"], str) and isinstance(p["label"], str) for p in paths)):
+            raise TypeError("source, or a case's image or label, is not a path")
         window = tuple(float(v) for v in record["window"])
+        if not (len(window) == 2 and window[0] < window[1]):  # NaN fails too
+            raise ValueError(f"window {record['window']} is not LOW < HIGH")
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise UserError(f"{path}: not a split record ({type(exc).__name__}: {exc}); "
                         "prepare the dataset again") from None

@@ -42,7 +42,14 @@ from ..files import (
 from ..progress import track
 from .cases import MAX_SEED, SPLITS, SPLITS_FILE, case_id, split_cases, write_splits
 from .images import resize_image, resize_labels
-from .nifti import Volume, display_slice, has_patient_axes, to_display, volume_from_bytes
+from .nifti import (
+    Volume,
+    check_class_ids,
+    display_slice,
+    has_patient_axes,
+    to_display,
+    volume_from_bytes,
+)
 from .statistics import MINI_TEST, STATISTICS_FILES, dataset_statistics, write_statistics
 
 # Soft-tissue (mediastinal) window, W350 L50: lungs and fat black, muscle and blood mid grey,
@@ -228,6 +235,7 @@ def convert_case(job: CaseJob) -> CaseResult:
     """Write the kept slices of one case as 8-bit PNG pairs in `job.folder/images|masks`."""
     image = read_task_volume(job.source, job.image)
     label = read_task_volume(job.source, job.label)
+    check_class_ids(label, "the label")
     if image.data.shape != label.data.shape:
         return CaseResult(
             job.case,

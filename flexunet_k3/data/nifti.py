@@ -14,20 +14,23 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import nibabel as nib
 import numpy as np
 from nibabel import orientations
 from nibabel.filebasedimages import ImageFileError
 from nibabel.imageglobals import logger as nibabel_logger
+from nibabel.openers import Opener
 from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 
-from ..errors import UserError
+from ..errors import UserError, plural
 from ..files import describe
 
 SUFFIXES = (".nii.gz", ".nii")
 MAX_VOXELS = 2**30  # 512 x 512 x 4096; a header claiming more is refused before reading
+DEFLATE_MAX_RATIO = 1032  # gzip (deflate) never unpacks one byte into more than this many
 _READ_ERRORS = (
     OSError, EOFError, zlib.error, ValueError, ImageFileError, HeaderDataError, WrapStructError
 )
@@ -64,44 +67,64 @@ def read_volume(path: Path) -> Volume:
     """A 3D volume from a `.nii` or `.nii.gz` file; a UserError if it is anything else."""
     if not path.is_file():
         raise UserError(f"{path}: {describe(path)}; give a .nii or .nii.gz file")
-    return _volume(lambda: nib.load(path), str(path))
+    gzipped = path.name.lower().endswith(".gz")  # as nibabel tells them apart
+    return _volume(lambda: nib.load(path), lambda: Opener(path), str(path), path.stat().st_size,
+                   gzipped)
 
 
 def volume_from_bytes(data: bytes, where: str) -> Volume:
     """A 3D volume from the bytes of a NIfTI-1 file, gzipped or not (a member of an archive);
     only as many bytes are unpacked as its header says it holds."""
 
-    def load():
-        stream = io.BytesIO(data)
-        return nib.Nifti1Image.from_stream(
-            gzip.GzipFile(fileobj=stream) if data[:2] == b"\x1f\x8b" else stream
-        )
+    gzipped = data[:2] == b"\x1f\x8b"
 
-    return _volume(load, where)
+    def stream() -> BinaryIO:
+        raw = io.BytesIO(data)
+        return gzip.GzipFile(fileobj=raw) if gzipped else raw
+
+    return _volume(lambda: nib.Nifti1Image.from_stream(stream()), stream, where, len(data), gzipped)
 
 
-def _volume(load, where: str) -> Volume:
-    """Read a volume; its header's shape and voxel type are checked before the voxels."""
+def _volume(load, stream, where: str, stored: int, gzipped: bool) -> Volume:
+    """Read a volume of `stored` bytes (`stream` opens them, unpacked); its header is checked
+    before the voxels are read, and the voxels after."""
     try:
         with _nibabel_silenced():
             image = load()
             if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
                 raise ImageFileError(f"a {type(image).__name__}, not NIfTI")
-            _check_header(image, where)
+            with stream() as opened:
+                spacing = _pixdim_as_written(image, opened)
+            _check_header(image, where, stored, gzipped, spacing)
             volume = np.asanyarray(image.dataobj)
     except _READ_ERRORS as exc:
         raise UserError(
-            f"{where}: not a readable NIfTI file ({str(exc).strip()[:150]}); it may be truncated "
-            "or corrupt"
+            f"{where}: not a readable NIfTI file ({' '.join(str(exc).split())[:150]}); it may be "
+            "truncated or corrupt"
         ) from None
+    _check_finite(volume, where)
     return Volume(volume, image.affine, image.header, where)
 
 
-def _check_header(image: nib.Nifti1Image, where: str) -> None:
-    """Refuse a volume that is not 3D, not of real numbers, or too large to hold in memory."""
+def _pixdim_as_written(image: nib.Nifti1Image, stream: BinaryIO) -> np.ndarray:
+    """The header's three voxel sizes as the file has them: nibabel's header check turns a zero
+    into 1 mm (and a negative size into its absolute value) without a word."""
+    header = type(image.header)
+    block = stream.read(header.template_dtype.itemsize)
+    return header(block, image.header.endianness, check=False)["pixdim"][1:4]
+
+
+def _check_header(image: nib.Nifti1Image, where: str, stored: int, gzipped: bool,
+                  spacing: np.ndarray) -> None:
+    """Refuse a volume that is not 3D, empty, not of real numbers, too large to hold in memory
+    or for its file to hold (nibabel would allocate what the header claims before reading),
+    or without a voxel size."""
     shape, dtype = image.shape, image.get_data_dtype()
     if len(shape) != 3:
         raise UserError(f"{where}: {len(shape)}D volume of shape {shape}; need a 3D one")
+    if min(shape) < 1:
+        raise UserError(f"{where}: shape {shape} holds no voxels; need a 3D volume with at "
+                        "least one voxel along each axis")
     if dtype.kind not in "iufb":
         kind = "RGB colour" if dtype.names else f"type {dtype}"
         raise UserError(f"{where}: voxels of {kind}; need real numbers (CT or labels)")
@@ -109,6 +132,36 @@ def _check_header(image: nib.Nifti1Image, where: str) -> None:
     if voxels > MAX_VOXELS:
         raise UserError(f"{where}: shape {shape}: {voxels} voxels, more than the {MAX_VOXELS} "
                         "a volume may have here; crop or resample it")
+    needed = int(image.header.get_data_offset()) + voxels * dtype.itemsize
+    if needed > stored * (DEFLATE_MAX_RATIO if gzipped else 1):
+        raise UserError(f"{where}: its header promises {needed} bytes of voxels, more than its "
+                        f"{stored} bytes{' (gzipped)' if gzipped else ''} can hold; it is "
+                        "truncated, or its header is damaged")
+    if not (np.isfinite(spacing).all() and spacing.all()):
+        raise UserError(f"{where}: voxel spacing (header pixdim) "
+                        f"{' x '.join(f'{size:g}' for size in spacing)} mm has a size that is zero "
+                        "or not a number; set pixdim to the voxel size in mm")
+
+
+def _check_finite(data: np.ndarray, where: str) -> None:
+    """Refuse voxels that are NaN or infinite: windowing and scores would quietly misread them."""
+    if data.dtype.kind == "f":
+        bad = data.size - np.count_nonzero(np.isfinite(data))
+        if bad:
+            raise UserError(f"{where}: NaN or infinite values in {plural(bad, 'voxel')} (of "
+                            f"{data.size}); replace them with numbers (air is -1024 HU)")
+
+
+def check_class_ids(volume: Volume, role: str) -> None:
+    """Refuse a label volume (`role`: "the label", for messages) with a voxel that is no class
+    id: negative, or not a whole number."""
+    data = volume.data
+    if data.dtype.kind == "f" and (data != np.round(data)).any():
+        raise UserError(f"{volume.where}: {role} holds values that are not whole numbers; "
+                        "give a label map of class ids")
+    if data.min() < 0:
+        raise UserError(f"{volume.where}: {role} holds negative values (down to {data.min():g}); "
+                        "give a label map of class ids")
 
 
 def write_volume(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
@@ -176,8 +229,8 @@ def display_slice(display: np.ndarray, index: int, window: tuple[float, float]) 
 
 def window_to_uint8(plane: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     """Hounsfield units clipped to `window` = (low, high) and scaled to 0..255, rounded."""
-    low, high = window
-    grey = (np.clip(plane.astype(np.float32), low, high) - low) * np.float32(255.0 / (high - low))
+    low, high = window  # clipped before the cast, so no value overflows float32
+    grey = (np.clip(plane, low, high).astype(np.float32) - low) * np.float32(255.0 / (high - low))
     return np.rint(grey).astype(np.uint8)
 
 
