@@ -15,7 +15,7 @@ from flexunet_k3 import __version__, progress
 from flexunet_k3.errors import UserError
 
 from . import benchmark_cmd, config_cmd, prepare_cmd, run_cmd
-from .state import console, errors, options, use_backend
+from .state import console, errors, one_line, options, use_backend
 
 app = typer.Typer(
     name="flexunet",
@@ -159,7 +159,7 @@ def _fail(message: str) -> int:
     """Print one `error:` line (or re-raise, with --verbose); the exit code 2."""
     if options.verbose:
         raise
-    errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    errors.print(f"error: {one_line(message)}", markup=False, highlight=False, soft_wrap=True)
     return 2
 
 

@@ -24,7 +24,7 @@ from pydantic import (
 
 from flexunet_k3.architectures import ARCHITECTURES
 from flexunet_k3.errors import UserError, first_line, plural
-from flexunet_k3.files import read_bytes
+from flexunet_k3.files import decode_text, read_bytes
 
 MAX_BATCH_SIZE = 4096
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few kB; this bounds what a wrong file costs to read
@@ -428,9 +428,7 @@ def read_yaml(path: Path) -> dict:
     """A YAML mapping from a file, or a UserError naming the file."""
     raw = read_bytes(path, "give the YAML config file", MAX_CONFIG_BYTES)
     try:
-        data = _parse_yaml(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        data = _parse_yaml(decode_text(path, raw))
     except ValueError as exc:
         raise UserError(f"{path}: {exc}") from None
     if data is None:

@@ -134,7 +134,7 @@ def test_set_keys_with_empty_parts_are_refused_and_empty_sections_filled(tmp_pat
         ("train: {epochs: 2020-13-45}\n", "cannot construct a value (month must be in 1..12)"),
         ("a: !!int x\n", "cannot construct a value (invalid literal for int()"),
         ("a: " + "[" * 3000 + "]" * 3000 + "\n", "not valid YAML: nested too deeply"),
-        (b"train: {epochs: \xff}\n", "not UTF-8 text (invalid start byte at byte 16)"),
+        (b"train: {epochs: \xff}\n", "not UTF-8 text (invalid start byte at byte 16); save it as"),
         ("#" * (1 << 20) + "\n", "more than the 1048576 such a file may have; give the YAML"),
     ],
 )
