@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from flexunet_k3 import __version__, progress
-from flexunet_k3.errors import UserError
+from flexunet_k3.errors import UserError, first_line
 
 from . import benchmark_cmd, config_cmd, prepare_cmd, run_cmd
 from .state import console, errors, one_line, options, use_backend
@@ -118,6 +118,9 @@ def run(args: list[str]) -> int:
     except (KeyboardInterrupt, typer.Abort):
         code = 130
     except Exception as exc:
+        if _out_of_memory(exc):
+            return _fail(f"out of memory ({first_line(exc)}); lower train.batch_size or "
+                         "infer.batch_size, the image size, or model.base_filters")
         if not _is_usage_error(exc):
             raise
         if type(exc).__name__ == "NoArgsIsHelpError":  # `flexunet` (or a group) alone: help
@@ -148,6 +151,16 @@ def _one_line(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror or exc}"
     return str(exc)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` says memory ran out: Python's MemoryError, or a backend's (TensorFlow's
+    ResourceExhaustedError, PyTorch's OutOfMemoryError or CPU allocator, JAX's
+    RESOURCE_EXHAUSTED), known by name so that no backend is imported."""
+    name = type(exc).__name__
+    return (isinstance(exc, MemoryError) or name in ("ResourceExhaustedError", "OutOfMemoryError")
+            or (name == "JaxRuntimeError" and "RESOURCE_EXHAUSTED" in str(exc))
+            or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
 
 
 def _is_usage_error(exc: Exception) -> bool:
