@@ -12,10 +12,10 @@ import typer
 from rich.table import Table
 
 from flexunet_k3 import __version__, progress
-from flexunet_k3.errors import UserError
+from flexunet_k3.errors import UserError, first_line
 
 from . import benchmark_cmd, config_cmd, prepare_cmd, run_cmd
-from .state import console, errors, options, use_backend
+from .state import console, errors, one_line, options, use_backend
 
 app = typer.Typer(
     name="flexunet",
@@ -118,6 +118,9 @@ def run(args: list[str]) -> int:
     except (KeyboardInterrupt, typer.Abort):
         code = 130
     except Exception as exc:
+        if _out_of_memory(exc):
+            return _fail(f"out of memory ({first_line(exc)}); lower train.batch_size or "
+                         "infer.batch_size, the image size, or model.base_filters")
         if not _is_usage_error(exc):
             raise
         if type(exc).__name__ == "NoArgsIsHelpError":  # `flexunet` (or a group) alone: help
@@ -150,6 +153,16 @@ def _one_line(exc: Exception) -> str:
     return str(exc)
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` says memory ran out: Python's MemoryError, or a backend's (TensorFlow's
+    ResourceExhaustedError, PyTorch's OutOfMemoryError or CPU allocator, JAX's
+    RESOURCE_EXHAUSTED), known by name so that no backend is imported."""
+    name = type(exc).__name__
+    return (isinstance(exc, MemoryError) or name in ("ResourceExhaustedError", "OutOfMemoryError")
+            or (name == "JaxRuntimeError" and "RESOURCE_EXHAUSTED" in str(exc))
+            or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
+
+
 def _is_usage_error(exc: Exception) -> bool:
     """A command-line usage error of Typer's click (bad option, missing option, no such command)."""
     return hasattr(exc, "ctx") and hasattr(exc, "format_message") and exc.exit_code == 2
@@ -159,7 +172,7 @@ def _fail(message: str) -> int:
     """Print one `error:` line (or re-raise, with --verbose); the exit code 2."""
     if options.verbose:
         raise
-    errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    errors.print(f"error: {one_line(message)}", markup=False, highlight=False, soft_wrap=True)
     return 2
 
 

@@ -24,8 +24,8 @@ from flexunet_k3.benchmark import (
     scaling,
 )
 from flexunet_k3.config import MAX_BATCH_SIZE, load_config
-from flexunet_k3.errors import UserError
-from flexunet_k3.files import write_json
+from flexunet_k3.errors import UserError, is_count
+from flexunet_k3.files import check_output_folder, refuse_non_files, write_json
 
 from .state import console
 
@@ -92,7 +92,7 @@ def _device_counts(text: str, batch: int) -> list[int]:
     """--devices as whole numbers from 1 to 4096 whose global batch stays in range."""
     counts = []
     for part in _split(text) or [""]:
-        if not part.isdigit() or not 1 <= int(part) <= 4096:
+        if not is_count(part) or not 1 <= int(part) <= 4096:
             raise UserError(f"--devices: {part!r} is not a device count from 1 to 4096")
         if batch * int(part) > MAX_BATCH_SIZE:
             raise UserError(f"--devices: {part} devices of {batch} images make a batch over "
@@ -135,8 +135,9 @@ def benchmark(
 ) -> None:
     """Training and inference images/s, step times, FLOPs and memory per backend/precision/jit."""
     cfg = load_config(config, overrides)
-    if json_file is not None and json_file.is_dir():
-        raise UserError(f"--json {json_file}: a folder; give a file name")
+    if json_file is not None:  # refused now, not after the runs
+        check_output_folder(json_file.parent)
+        refuse_non_files([json_file], "give --json a file name")
     batch = batch_size or cfg.train.batch_size
     counts = _device_counts(devices, batch) if devices is not None else [0]
     cases = [

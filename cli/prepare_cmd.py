@@ -11,7 +11,7 @@ from rich.table import Table
 
 from flexunet_k3.errors import UserError
 
-from .state import console, errors
+from .state import console, print_warning
 
 app = typer.Typer(
     help="Make 2D PNG datasets from Decathlon NIfTI volumes (or a synthetic set); statistics.",
@@ -76,7 +76,7 @@ def msd_command(
             overwrite=overwrite,
         )
     for warning in caught:
-        errors.print(f"warning: {warning.message}", style="yellow", markup=False, soft_wrap=True)
+        print_warning(warning.message)
     _print_statistics(stats, output)
 
 

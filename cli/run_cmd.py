@@ -21,7 +21,7 @@ from flexunet_k3.files import refuse_overwriting
 from flexunet_k3.interrupt import deferred
 from flexunet_k3.run_folder import EVALUATION_FILES, RunFolder
 
-from .state import console, errors, options, use_backend
+from .state import console, errors, options, print_warning, use_backend
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="A YAML run config.")]
 Overrides = Annotated[
@@ -45,7 +45,7 @@ def _say(text: str) -> None:
 def _warnings_as_lines() -> Iterator[None]:
     """Show each warning as one 'warning: ...' line on stderr, when it happens."""
     def show(message, *_args, **_kwargs):
-        errors.print(f"warning: {message}", style="yellow", markup=False, soft_wrap=True)
+        print_warning(message)
 
     with warnings.catch_warnings():
         warnings.showwarning = show
@@ -208,8 +208,7 @@ def evaluate(
 def _refuse_others(run: RunFolder, folder: Path, names, overwrite: bool, *, ours: bool) -> None:
     """Refuse files under `names` in `folder` unless --overwrite; in the run folder (`ours`)
     those the run wrote itself are replaced without it."""
-    owned = run.owned() if ours else set()
-    refuse_overwriting(folder, [name for name in names if folder / name not in owned], overwrite)
+    refuse_overwriting(folder, names, overwrite, owned=run.owned() if ours else ())
 
 
 def _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, output,
@@ -310,10 +309,8 @@ def infer(
                 overwrite=overwrite,
             )
     if result.skipped:
-        errors.print(
-            f"warning: skipped {plural(len(result.skipped), 'non-image file')} in {images_dir}: "
-            + ", ".join(result.skipped), style="yellow", markup=False, soft_wrap=True,
-        )
+        print_warning(f"skipped {plural(len(result.skipped), 'non-image file')} in "
+                      f"{images_dir}: " + ", ".join(result.skipped))
     _say(f"wrote {plural(result.written, 'mask')} to {result.output_dir}")
 
 

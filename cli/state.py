@@ -24,3 +24,14 @@ def use_backend() -> str:
     from flexunet_k3.backend import select_backend
 
     return select_backend(options.backend)
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: its line breaks written as \\n (a file name may hold one)."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def print_warning(message) -> None:
+    """One 'warning: ...' line on stderr."""
+    errors.print(f"warning: {one_line(str(message))}", style="yellow", markup=False,
+                 soft_wrap=True)

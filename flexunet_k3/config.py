@@ -24,9 +24,10 @@ from pydantic import (
 
 from flexunet_k3.architectures import ARCHITECTURES
 from flexunet_k3.errors import UserError, first_line, plural
-from flexunet_k3.files import read_bytes
+from flexunet_k3.files import decode_text, read_bytes
 
 MAX_BATCH_SIZE = 4096
+MAX_WEIGHTS = 2**32  # 16 GiB of float32 weights; an optimizer adds 2 or 3 times that
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few kB; this bounds what a wrong file costs to read
 
 
@@ -125,7 +126,41 @@ class ModelConfig(Section):
                 f"base_filters * 2**(num_layers-1) = {deepest} filters at the deepest level; "
                 "at most 8192: lower base_filters or num_layers"
             )
+        weights = self.weight_count()
+        if weights > MAX_WEIGHTS:
+            raise ValueError(
+                f"{weights:,} weights ({weights * 4 / 2**30:,.0f} GiB in float32), more than "
+                f"the {MAX_WEIGHTS:,} any device holds with room to train; lower base_filters, "
+                "num_layers or base_kernels"
+            )
         return self
+
+    def levels(self) -> list[dict]:
+        """Filters, kernel size, dilation and dropout rate of each level, top (0) to bottom:
+        kernels shrink by 2 per level down to 3, dilations by 1 down to 1."""
+        return [
+            {
+                "filters": self.base_filters * 2**i,
+                "kernel_size": tuple(max(k - 2 * i, min(k, 3)) for k in self.base_kernels),
+                "dilation_rate": tuple(max(d - i, 1) for d in self.dilation),
+                "dropout": self.dropout_rate * i,
+            }
+            for i in range(self.num_layers)
+        ]
+
+    def weight_count(self) -> int:
+        """The model's parameter count (what `flexunet summary` totals), without building it."""
+        norm = 4 if self.normalization else 0  # batch normalization's 4 values per filter
+        levels = self.levels()
+        total = levels[0]["filters"] * self.num_classes + self.num_classes  # the 1x1 logits
+        inputs = self.image_channels
+        for i, level in enumerate(levels):
+            f, (kh, kw) = level["filters"], level["kernel_size"]
+            total += kh * kw * (inputs + f) * f + 2 * f * (1 + norm)  # the encoder's two convs
+            if i < self.num_layers - 1:  # the decoder: up from level i+1, concat, two convs
+                total += 4 * 2 * f * f + f + kh * kw * 3 * f * f + 2 * f * (1 + norm)
+            inputs = f
+        return total
 
 
 class OptimizerConfig(Section):
@@ -428,9 +463,7 @@ def read_yaml(path: Path) -> dict:
     """A YAML mapping from a file, or a UserError naming the file."""
     raw = read_bytes(path, "give the YAML config file", MAX_CONFIG_BYTES)
     try:
-        data = _parse_yaml(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        data = _parse_yaml(decode_text(path, raw))
     except ValueError as exc:
         raise UserError(f"{path}: {exc}") from None
     if data is None:

@@ -23,7 +23,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from flexunet_k3.config import Config, TrainConfig
-from flexunet_k3.errors import UserError, first_line, plural
+from flexunet_k3.errors import UserError, first_line, is_count, plural
 
 CPU_DEVICES = "FLEXUNET_CPU_DEVICES"  # split the CPU into this many devices (tests, benchmarks)
 BACKENDS_WITH_IT = ("jax", "tensorflow")
@@ -116,7 +116,7 @@ def multi_process_requested() -> bool:
     if any(name in os.environ for name in MULTI_PROCESS_VARIABLES):
         return True
     tasks = os.environ.get("SLURM_NTASKS") or os.environ.get("OMPI_COMM_WORLD_SIZE") or "1"
-    return tasks.isdigit() and int(tasks) > 1
+    return is_count(tasks) and int(tasks) > 1
 
 
 def join_jax_processes(timeout: int) -> None:
@@ -131,7 +131,7 @@ def join_jax_processes(timeout: int) -> None:
     numbers = {}
     for name in MULTI_PROCESS_VARIABLES[1:]:
         text = os.environ.get(name)
-        if text is not None and not text.isdigit():
+        if text is not None and not is_count(text):
             raise UserError(f"{name} is {text!r}: it must be a whole number")
         numbers[name] = None if text is None else int(text)
     count, index = numbers["JAX_NUM_PROCESSES"], numbers["JAX_PROCESS_ID"]
@@ -139,6 +139,11 @@ def join_jax_processes(timeout: int) -> None:
         raise UserError(f"JAX_PROCESS_ID is {index} but JAX_NUM_PROCESSES is {count}: ids run "
                         "from 0 to JAX_NUM_PROCESSES - 1")
     address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if address is not None:
+        host, _, port = address.rpartition(":")
+        if not host or not is_count(port) or not 0 < int(port) < 65536:
+            raise UserError(f"JAX_COORDINATOR_ADDRESS is {address!r}: give host:port (a port "
+                            "from 1 to 65535)")
     if address and index:
         _wait_for_coordinator(address, timeout)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -176,8 +181,6 @@ def _wait_for_coordinator(address: str, timeout: int) -> None:
     """Return once something listens at `address` (host:port); a UserError after `timeout`
     seconds."""
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise UserError(f"JAX_COORDINATOR_ADDRESS is {address!r}: give host:port")
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -242,12 +245,21 @@ def _choose(found: list, wanted: int | str, engine: str, processes: int) -> list
 
 
 def _tensorflow_workers() -> int:
-    """How many workers TF_CONFIG names (0 when unset or unreadable)."""
-    try:
-        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-        return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
-    except (ValueError, AttributeError):
+    """How many workers TF_CONFIG names (0 when unset); one TensorFlow could not read (its
+    strategies read it too) is a UserError."""
+    text = os.environ.get("TF_CONFIG")
+    if text is None:
         return 0
+    try:
+        cluster = json.loads(text).get("cluster", {})
+        if not all(isinstance(tasks, list | dict) for tasks in cluster.values()):
+            raise TypeError("a job's tasks must be a list")
+        return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    except (ValueError, AttributeError, TypeError):  # not JSON, or not TensorFlow's layout
+        raise UserError(
+            "TF_CONFIG is not TensorFlow's cluster JSON ({\"cluster\": {\"worker\": [...]}, "
+            "...}); unset it: data_parallel on TensorFlow trains on this host's devices"
+        ) from None
 
 
 def cpu_device_count() -> int | None:
@@ -255,6 +267,6 @@ def cpu_device_count() -> int | None:
     text = os.environ.get(CPU_DEVICES)
     if text is None:
         return None
-    if not text.isdigit() or not 1 <= int(text) <= 256:
+    if not is_count(text) or not 1 <= int(text) <= 256:
         raise UserError(f"{CPU_DEVICES} is {text!r}: give the number of CPU devices, 1 to 256")
     return int(text)

@@ -22,6 +22,12 @@ def check_range(option: str, value, low, high) -> None:
         raise UserError(f"{option} {value}: need {low} to {high}")
 
 
+def is_count(text: str) -> bool:
+    """Whether `text` is a whole number in ASCII digits, as int() reads it (str.isdigit alone
+    also takes '²', which int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def listing(names, shown: int = 3) -> str:
     """`a, b, c and 4 more`: the first `shown` names, and how many others."""
     names = list(names)

@@ -7,12 +7,13 @@ Importing this module does not import keras.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,8 +26,10 @@ MAX_JSON_BYTES = 64 * 2**20  # a record or dataset.json this command reads: far 
 def replacing(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; once written, it replaces `path` (os.replace).
 
-    A crash or Ctrl-C while writing leaves the old file whole and removes the temporary one.
+    A crash or Ctrl-C while writing leaves the old file whole and removes the temporary one. A
+    folder or special file at `path` is refused before anything is written.
     """
+    refuse_non_files([path], "move it away")
     path.parent.mkdir(parents=True, exist_ok=True)
     # a name of its own (two writers never share one), created by the writer with the usual mode
     temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
@@ -89,22 +92,29 @@ def _finite_or_none(value):
     return value
 
 
-def refuse_overwriting(folder: Path, names: Sequence[str], overwrite: bool) -> None:
+def refuse_overwriting(
+    folder: Path, names: Sequence[str], overwrite: bool, owned: Collection[Path] = ()
+) -> None:
     """Refuse, before any work, to replace files already in `folder` under `names` (paths
-    relative to it) unless `overwrite`: they may be a user's own. A folder or a special file
-    where a file goes is refused even so."""
-    for name in names:
-        if (folder / name).exists() and not (folder / name).is_file():
-            raise UserError(f"{folder / name}: {describe(folder / name)} where a file goes; "
-                            "move it, or choose another --output")
+    relative to it) unless `overwrite` or they are `owned` (this tool wrote them): they may be
+    a user's own. A folder or a special file where a file goes is refused even so."""
+    refuse_non_files([folder / name for name in names], "move it, or choose another --output")
     if overwrite:
         return
-    found = [name for name in names if (folder / name).exists()]
+    found = [name for name in names if (folder / name).exists() and folder / name not in owned]
     if found:
         raise UserError(
             f"{folder}: already holds {listing(found)}; pass --overwrite to replace "
             f"{'it' if len(found) == 1 else 'them'}, or choose another --output"
         )
+
+
+def refuse_non_files(paths: Iterable[Path], hint: str) -> None:
+    """Refuse a folder or special file (a pipe, say) standing where one of `paths`, files about
+    to be written, goes: replacing it would fail, or lose what it holds."""
+    for path in paths:
+        if path.exists() and not path.is_file():
+            raise UserError(f"{path}: {describe(path)} where a file goes; {hint}")
 
 
 def describe(path: Path) -> str:
@@ -132,6 +142,18 @@ def read_bytes(path: Path, hint: str, limit: int | None = None) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {first_line(exc)}") from None
+
+
+def decode_text(path: Path, raw: bytes) -> str:
+    """A text file's bytes as text: UTF-8, or UTF-16 or UTF-8 after a byte-order mark (what
+    Windows editors and PowerShell write); anything else is refused, naming `path`."""
+    encoding = "utf-16" if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else \
+        "utf-8-sig"
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it "
+                        "as UTF-8") from None
 
 
 def check_size(where: str, size: int, limit: int | None, hint: str) -> None:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from flexunet_k3.errors import UserError, first_line
-from flexunet_k3.files import read_bytes
+from flexunet_k3.files import decode_text, read_bytes
 
 MAX_INI_BYTES = 2**20  # the original's configs are about 2 kB
 
@@ -141,8 +141,8 @@ def import_ini(path: Path, output: Path) -> tuple[dict, list[tuple[str, str]]]:
     parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
     data = read_bytes(path, "give the INI file (train_eval_infer.config)", MAX_INI_BYTES)
     try:
-        parser.read_string(data.decode("utf-8"), source=str(path))
-    except (configparser.Error, UnicodeDecodeError) as exc:
+        parser.read_string(decode_text(path, data), source=str(path))
+    except configparser.Error as exc:
         raise UserError(f"{path}: not an INI config: {first_line(exc)}") from None
     if not parser.sections():
         raise UserError(f"{path}: no [sections] found: not an original train_eval_infer.config")

@@ -23,7 +23,13 @@ from pydantic import TypeAdapter, ValidationError
 
 from flexunet_k3.config import Config, ModelConfig, load_config, validation_message
 from flexunet_k3.errors import UserError, listing
-from flexunet_k3.files import check_output_folder, write_json
+from flexunet_k3.files import (
+    MAX_JSON_BYTES,
+    check_output_folder,
+    read_bytes,
+    refuse_non_files,
+    write_json,
+)
 from flexunet_k3.plots import CURVE_NAMES
 
 EVALUATION_FILES = (
@@ -94,7 +100,7 @@ class RunFolder:
         """The files flexunet wrote here, as the manifest records them. A run folder from before
         the manifest (a readable history.json, no manifest) owns its training and evaluation
         files, known by their names."""
-        if self.manifest.is_file():
+        if self.manifest.exists():
             return {self.root / name for name in self._manifest_names()}
         try:
             if self.read_state() is None:
@@ -109,18 +115,19 @@ class RunFolder:
     def claim(self, paths: Iterable[Path]) -> None:
         """Record `paths` (under the root) in the manifest as ours, before writing them."""
         names = {path.relative_to(self.root).as_posix() for path in paths}
-        if self.manifest.is_file():
+        if self.manifest.exists():
             names |= self._manifest_names()
         write_json(self.manifest, {"files": sorted(names)})
 
     def _manifest_names(self) -> set[str]:
+        hint = "delete it and move this run's files away by hand"
         try:
-            names = json.loads(self.manifest.read_text(encoding="utf-8"))["files"]
-        except (OSError, ValueError, KeyError, TypeError):
+            names = json.loads(read_bytes(self.manifest, hint, MAX_JSON_BYTES))["files"]
+        except (ValueError, KeyError, TypeError):
             names = None
         if not isinstance(names, list) or not all(map(_is_file_name, names)):
             raise UserError(f"{self.manifest}: damaged (it lists the files flexunet wrote here); "
-                            "delete it and move this run's files away by hand")
+                            f"{hint}")
         return set(names)
 
     def contains(self, path: Path) -> bool:
@@ -161,13 +168,15 @@ class RunFolder:
 
     def _take_over_if_stale(self) -> None:
         """Remove the lock if its process is gone from this host, with a warning; else refuse."""
-        try:
-            holder = json.loads(self.lock_file.read_text(encoding="utf-8"))
-            pid, host, since, command = (holder[key] for key in ("pid", "host", "since", "command"))
-            pid = int(pid)
-        except FileNotFoundError:
+        if not self.lock_file.exists():
             return  # released meanwhile
-        except (OSError, ValueError, KeyError, TypeError):  # being written, or damaged
+        hint = "wait for it, or delete it if no run is going on"
+        try:  # bounded: the lock may be anything (a pipe would block a plain read)
+            holder = json.loads(read_bytes(self.lock_file, hint, 4096))
+            pid, host, since, command = (holder[key] for key in ("pid", "host", "since", "command"))
+            if type(pid) is not int or not 0 < pid < 2**31:  # what os.kill takes
+                raise ValueError(pid)
+        except (ValueError, KeyError, TypeError):  # being written, or damaged
             raise UserError(f"{self.root}: in use by another run (its lock {self.lock_file} is "
                             "unreadable); wait for it, or delete that file if no run is going "
                             "on") from None
@@ -199,11 +208,12 @@ class RunFolder:
 
     def read_state(self) -> TrainState | None:
         """The training state kept in history.json, or None before the first epoch."""
-        if not self.history.is_file():
+        if not self.history.exists():
             return None
+        raw = read_bytes(self.history, "move it away", MAX_JSON_BYTES)
         try:
-            data = json.loads(self.history.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            data = json.loads(raw)
+        except ValueError as exc:
             raise UserError(f"{self.history}: cannot read the run state: {exc}") from None
         if not isinstance(data, dict) or "epoch" not in data:
             raise UserError(f"{self.history}: not a flexunet run state (no 'epoch' key)")
@@ -287,6 +297,8 @@ def prepare_run(
     """
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other: choose one")
+    refuse_non_files([run.manifest, *run.fixed_outputs()],
+                     "move it away, or choose another train.output_dir")
     owned = run.owned()
     state = run.read_state() if run.history in owned else None
     first = state.epoch + 1 if resume and state else 1

@@ -44,6 +44,7 @@ class Case:
     setup: Callable[[Path], None] = lambda t: None
     code: int = 2
     subprocess: bool = False  # run the console script (a case that could hang or blow up)
+    env: dict[str, str] | None = None  # environment variables for a subprocess case
 
 
 # ---- builders -------------------------------------------------------------------------------
@@ -267,6 +268,8 @@ CASES = [
     Case("ini-output-exists", IMP, ("a.yaml", "--overwrite"),
          both(text("a.config", INI), text("a.yaml", "mine: 1\n"))),
     Case("ini-output-folder", IMP, ("a.yaml",), both(text("a.config", INI), folder("a.yaml"))),
+    Case("ini-latin1", IMP, ("a.config", "not UTF-8", "save it as UTF-8"),
+         text("a.config", INI.encode() + b"[data]\ntrain_datapath = './d\xe9j\xe0'\n")),
     Case("ini-augmentor-type", IMP, ("augmentor",),
          text("a.config", INI + "[augmentor]\nrotation = True\nangles = 5\n")),
     # evaluate --predictions: mask files
@@ -287,6 +290,8 @@ CASES = [
          both(npz("pred/a.npz", labels=np.zeros((2, 16, 16), np.uint8)), png("gt/a.png", MASK))),
     Case("pred-npz-not-classes", EP, ("a.npz",),
          both(npz("pred/a.npz", labels=np.full((16, 16), 7, np.uint8)), png("gt/a.png", MASK))),
+    Case("pred-name-newline", EP, ("pred/a\\nb.png", "cannot read"),
+         both(text("pred/a\nb.png", b"\x89PNG broken"), png("gt/a\nb.png", MASK))),
     Case("pred-without-masks", ["evaluate", "--predictions", "{t}/pred"], ("--masks",), PAIR),
     Case("pred-report-exists", [*EP, "--output", "{t}/out"], ("evaluation", "--overwrite"),
          both(PAIR, text("out/evaluation.csv", "my notes\n"))),
@@ -432,6 +437,15 @@ CASES = [
     Case("bench-devices-word", [*BENCH, "--devices", "two"], ("--devices: 'two'",), config()),
     Case("bench-devices-batch", [*BENCH, "--devices", "4096", "--batch-size", "2"],
          ("batch over 4096",), config()),
+    Case("bench-devices-superscript", [*BENCH, "--devices", "\u00b2"], ("--devices: '\u00b2'",),
+         config()),
+    Case("bench-json-under-file", [*BENCH, "--json", "{t}/config.yaml/rows.json"],
+         ("config.yaml: is a file",), config()),
+    Case("bench-json-folder", [*BENCH, "--json", "{t}/rows"], ("rows: is a folder",),
+         both(config(), folder("rows"))),
+    # environment
+    Case("env-cpu-devices-superscript", ["info"], ("FLEXUNET_CPU_DEVICES is '\u00b2'",),
+         subprocess=True, env={"FLEXUNET_CPU_DEVICES": "\u00b2"}),
     # usage
     Case("unknown-command", ["fly"], ("fly",)),
     Case("unknown-option", ["config", "validate", "--colour"], ("--colour",)),
@@ -466,7 +480,7 @@ def run_case(case: Case, tmp_path: Path, capsys) -> tuple[int, str]:
     args = [arg.replace("{t}", str(tmp_path)) for arg in case.args]
     if case.subprocess:
         done = subprocess.run(["flexunet", *args], capture_output=True, text=True, timeout=120,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, env={**os.environ, **(case.env or {})})
         code, stderr = done.returncode, done.stderr + done.stdout
     else:
         code = run(args)

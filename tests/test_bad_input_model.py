@@ -2,14 +2,16 @@
 every file unchanged), on this session's backend: damaged or foreign .keras files, a model that
 is not the config's, output folders holding files of the same names, a held run-folder lock."""
 
+import json
 import shutil
+import socket
 import zipfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from test_bad_input import Case, both, folder, nifti, png, run_case, text
+from test_bad_input import Case, both, fifo, folder, nifti, png, run_case, text
 
 from flexunet_k3.run_folder import RunFolder
 
@@ -44,6 +46,31 @@ def flat_affine(t: Path) -> None:
     nib.save(image, t / "ct" / "a.nii.gz")
 
 
+def replaced(name: str, by) -> callable:
+    """The run's file `name` removed, `by` (a builder: folder, fifo) put in its place."""
+    def setup(t: Path) -> None:
+        (t / "r/run" / name).unlink()
+        by(f"r/run/{name}")(t)
+    return setup
+
+
+def claimed_folder(name: str) -> callable:
+    """A folder at `name` in the run folder, which the run's manifest lists as a file of its."""
+    def setup(t: Path) -> None:
+        manifest = t / "r/run/.flexunet-run.json"
+        record = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({"files": [*record["files"], name]}))
+        (t / "r/run" / name).mkdir()
+    return setup
+
+
+def lock(pid) -> callable:
+    """A lock file of this host holding `pid` (JSON text)."""
+    holder = f'"host": "{socket.gethostname()}", "since": "x", "command": "flexunet train"'
+    return text("r/run/.flexunet-run.lock", f'{{"pid": {pid}, {holder}}}')
+
+
+RESUME = ["train", *C, "--resume", "--set", "train.epochs=3"]
 CASES = [
     Case("no-model", ["evaluate", *C], ("best.keras", "no trained model"),
          lambda t: (t / "r/run/models/best.keras").unlink()),
@@ -91,6 +118,24 @@ CASES = [
     Case("train-finished-run", ["train", *C], ("finished run", "--resume", "--overwrite")),
     Case("train-resume-earlier-metrics", ["train", *C, "--resume", "--set", "train.epochs=3"],
          ("saved by an earlier flexunet", "ForegroundScore", "--overwrite"), earlier_metrics),
+    Case("resume-history-fifo", RESUME, ("history.json", "special file", "move it away"),
+         replaced("history.json", fifo)),
+    Case("resume-history-folder", RESUME, ("history.json", "is a folder where a file goes"),
+         replaced("history.json", folder)),
+    Case("resume-manifest-folder", RESUME, (".flexunet-run.json", "is a folder where a file"),
+         replaced(".flexunet-run.json", folder)),
+    Case("resume-config-folder", RESUME, ("run/config.yaml", "is a folder where a file goes"),
+         replaced("config.yaml", folder)),
+    Case("overwrite-history-folder", ["train", *C, "--overwrite"],
+         ("history.json", "is a folder where a file goes"), replaced("history.json", folder)),
+    Case("evaluate-own-report-a-folder", ["evaluate", *C],
+         ("evaluation.csv", "is a folder where a file goes"), claimed_folder("evaluation.csv")),
+    Case("lock-pid-infinite", ["evaluate", *C], ("lock", "unreadable"), lock("1e400")),
+    Case("lock-pid-huge", ["evaluate", *C], ("lock", "unreadable"), lock(10**20)),
+    Case("lock-folder", ["evaluate", *C], (".flexunet-run.lock", "is a folder"),
+         folder("r/run/.flexunet-run.lock")),
+    Case("lock-fifo", ["evaluate", *C], (".flexunet-run.lock", "special file"),
+         fifo("r/run/.flexunet-run.lock"), subprocess=True),
     Case("train-resume-and-overwrite", ["train", *C, "--resume", "--overwrite"],
          ("--resume and --overwrite",)),
 ]

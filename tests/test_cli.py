@@ -117,3 +117,25 @@ def test_benchmark_bad_options_exit_2_with_one_line(tiny_config):
     for option, value in (("--backends", "tf"), ("--precision", "float64"), ("--jit", "maybe")):
         done = flexunet("benchmark", "--config", str(tiny_config), option, value)
         assert_one_line_error(done, option, repr(value))
+
+
+class ResourceExhaustedError(Exception):
+    """Named as TensorFlow's out-of-memory error (the CLI knows it by name)."""
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError(), ResourceExhaustedError("OOM when allocating tensor with shape[11,11]"),
+    RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"),
+])
+def test_running_out_of_memory_is_one_line_naming_what_to_lower(monkeypatch, capsys, error):
+    from flexunet_k3 import config
+    from flexunet_k3.cli.app import run
+
+    def load_config(*_args, **_kwargs):
+        raise error
+
+    monkeypatch.setattr(config, "load_config", load_config)
+    assert run(["summary", "--config", "any.yaml"]) == 2
+    stderr = capsys.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith("error: out of memory (") and "lower train.batch_size" in stderr

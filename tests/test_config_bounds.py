@@ -60,6 +60,11 @@ def refused(path, overrides=()) -> str:
             "model: {base_filters: 1024, num_layers: 5}",
             "model: base_filters * 2**(num_layers-1) = 16384 filters at the deepest level",
         ),
+        (
+            "model: {base_filters: 1024, num_layers: 4, base_kernels: 63, image_height: 64, "
+            "image_width: 64}",
+            "model: 676,928,872,450 weights (2,522 GiB in float32), more than the 4,294,967,296",
+        ),
         ("model: {dropout_rate: .nan}", "model.dropout_rate: Input should be a finite number"),
         ("optimizer: {learning_rate: .inf}", "optimizer.learning_rate: Input should be a finite"),
         ("optimizer: {learning_rate: true}", "optimizer.learning_rate: expected a number"),
@@ -134,7 +139,7 @@ def test_set_keys_with_empty_parts_are_refused_and_empty_sections_filled(tmp_pat
         ("train: {epochs: 2020-13-45}\n", "cannot construct a value (month must be in 1..12)"),
         ("a: !!int x\n", "cannot construct a value (invalid literal for int()"),
         ("a: " + "[" * 3000 + "]" * 3000 + "\n", "not valid YAML: nested too deeply"),
-        (b"train: {epochs: \xff}\n", "not UTF-8 text (invalid start byte at byte 16)"),
+        (b"train: {epochs: \xff}\n", "not UTF-8 text (invalid start byte at byte 16); save it as"),
         ("#" * (1 << 20) + "\n", "more than the 1048576 such a file may have; give the YAML"),
     ],
 )

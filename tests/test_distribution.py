@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, flexunet, write_config
 
+from flexunet_k3.distribution import MULTI_PROCESS_VARIABLES, multi_process_requested
+
 pytestmark = pytest.mark.parity
 RELATIVE = 1e-4
 # SGD: Adam divides each update by the root of its running squared gradient, so where a
@@ -162,6 +164,18 @@ def test_a_lost_process_ends_the_other_with_one_line(tmp_path, tiny_dataset):
      ["the 2 processes did not all join", "(3 s)"]),
     ("tensorflow", {}, {"TF_CONFIG": '{"cluster": {"worker": ["a:1", "b:1"]}}'},
      ["several workers", "--backend jax"]),
+    ("tensorflow", {}, {"TF_CONFIG": '{"cluster": {"worker": 5}}'},
+     ["TF_CONFIG is not TensorFlow's cluster JSON", "unset it"]),
+    ("tensorflow", {}, {"TF_CONFIG": ""}, ["TF_CONFIG is not TensorFlow's cluster JSON"]),
+    ("jax", {}, {"JAX_NUM_PROCESSES": "\u00b2", "JAX_PROCESS_ID": "0"},
+     ["JAX_NUM_PROCESSES is '\u00b2'", "whole number"]),
+    ("jax", {"coordinator_timeout": 2},
+     {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:99999", "JAX_NUM_PROCESSES": "2",
+      "JAX_PROCESS_ID": "1"},
+     ["JAX_COORDINATOR_ADDRESS is '127.0.0.1:99999'", "port from 1 to 65535"]),
+    ("jax", {"coordinator_timeout": 2},
+     {"JAX_COORDINATOR_ADDRESS": "nohost:x", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"},
+     ["JAX_COORDINATOR_ADDRESS is 'nohost:x'"]),
 ])
 def test_bad_distribution_settings(tmp_path, tiny_dataset, backend, train, env, fragments):
     config = config_for(tmp_path, tiny_dataset, distribution="data_parallel", **train)
@@ -171,6 +185,15 @@ def test_bad_distribution_settings(tmp_path, tiny_dataset, backend, train, env, 
     )
     assert_one_line_error(done, *fragments)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("tasks, several", [("2", True), ("1", False), ("\u00b2", False),
+                                            ("two", False)])
+def test_a_slurm_task_count_that_is_no_number_is_one_task(monkeypatch, tasks, several):
+    monkeypatch.setenv("SLURM_NTASKS", tasks)
+    for name in (*MULTI_PROCESS_VARIABLES, "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert multi_process_requested() is several
 
 
 def test_evaluate_refuses_several_processes(tmp_path, tiny_dataset):

@@ -18,6 +18,20 @@ def test_lung_model_has_the_originals_parameter_count():
     assert model.count_params() == 124_996_866
 
 
+@pytest.mark.parametrize("changes", [
+    {"model": {}}, {"normalization": True, "num_classes": 3, "base_kernels": (3, 5)},
+    {"num_classes": 1, "image_channels": 1, "base_kernels": 1, "dilation": 2},
+])
+def test_the_weight_count_the_config_checks_is_the_models(changes):
+    """ModelConfig.weight_count (its bound refuses a model too big to build) counts what
+    keras builds."""
+    cfg = ModelConfig(image_height=32, image_width=32, num_layers=3, base_filters=4,
+                      **{key: value for key, value in changes.items() if key != "model"})
+    assert cfg.weight_count() == build_model(cfg).count_params()
+    lung = load_config(REPO / "configs" / "lung.yaml").model
+    assert lung.weight_count() == 124_996_866
+
+
 @pytest.mark.parametrize("normalization", [False, True])
 @pytest.mark.parametrize("num_classes", [1, 2, 4])
 def test_output_shape_and_activation(normalization, num_classes):

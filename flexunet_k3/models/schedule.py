@@ -6,17 +6,6 @@ from flexunet_k3.config import ModelConfig
 
 
 def level_schedule(config: ModelConfig) -> list[dict]:
-    """Filters, kernel size, dilation and dropout rate of each level, top (0) to bottom."""
-    schedule = []
-    for i in range(config.num_layers):
-        kernel = tuple(max(k - 2 * i, min(k, 3)) for k in config.base_kernels)
-        dilation = tuple(max(d - i, 1) for d in config.dilation)
-        schedule.append(
-            {
-                "filters": config.base_filters * 2**i,
-                "kernel_size": kernel,
-                "dilation_rate": dilation,
-                "dropout": config.dropout_rate * i,
-            }
-        )
-    return schedule
+    """Filters, kernel size, dilation and dropout rate of each level, top (0) to bottom
+    (ModelConfig.levels, which also counts the weights from it)."""
+    return config.levels()
