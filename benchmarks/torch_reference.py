@@ -3,7 +3,7 @@
     python benchmarks/torch_reference.py --config configs/lung.yaml --batch-size 4 \
         --set model.image_height=256 --set model.image_width=256 --set model.num_layers=6
 
-Same architecture (the level schedule of flexunet_k3.models.schedule, checked by parameter
+Same architecture (the level schedule of ModelConfig.levels, checked by parameter
 count), same loss (pixel cross-entropy) and optimizer (Adam), same synthetic batch. It runs
 the reference in this process, then `flexunet benchmark`'s torch case in a subprocess, and
 prints both with their ratio. Precisions: float32 and mixed_bfloat16 (torch.autocast).
@@ -22,7 +22,6 @@ from torch import nn
 
 from flexunet_k3.benchmark import Case, run_case
 from flexunet_k3.config import ModelConfig, load_config
-from flexunet_k3.models.schedule import level_schedule
 
 
 def conv(cin: int, level: dict, activation: bool = True) -> nn.Module:
@@ -46,7 +45,7 @@ def block(cin: int, level: dict, batchnorm: bool) -> nn.Sequential:
 class TorchFlexUNet(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        levels = level_schedule(config)
+        levels = config.levels()
         self.down = nn.ModuleList()
         cin = config.image_channels
         for level in levels:

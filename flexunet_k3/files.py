@@ -147,8 +147,8 @@ def read_bytes(path: Path, hint: str, limit: int | None = None) -> bytes:
 def decode_text(path: Path, raw: bytes) -> str:
     """A text file's bytes as text: UTF-8, or UTF-16 or UTF-8 after a byte-order mark (what
     Windows editors and PowerShell write); anything else is refused, naming `path`."""
-    encoding = "utf-16" if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else \
-        "utf-8-sig"
+    utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    encoding = "utf-16" if utf16 else "utf-8-sig"
     try:
         return raw.decode(encoding)
     except UnicodeDecodeError as exc:

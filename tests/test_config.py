@@ -8,7 +8,6 @@ import yaml
 
 from flexunet_k3.config import Config, ModelConfig, load_config
 from flexunet_k3.errors import UserError
-from flexunet_k3.models.schedule import level_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 LUNG = REPO / "configs" / "lung.yaml"
@@ -126,7 +125,7 @@ def test_schema_lists_sections():
 
 
 def test_schedules_shrink_to_floor():
-    levels = level_schedule(ModelConfig(base_kernels=9, dilation=3, dropout_rate=0.1))
+    levels = ModelConfig(base_kernels=9, dilation=3, dropout_rate=0.1).levels()
     assert [lv["kernel_size"][0] for lv in levels] == [9, 7, 5, 3, 3, 3, 3, 3]
     assert [lv["dilation_rate"][0] for lv in levels] == [3, 2, 1, 1, 1, 1, 1, 1]
     assert [lv["filters"] for lv in levels][:3] == [16, 32, 64]

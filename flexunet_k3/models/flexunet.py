@@ -6,7 +6,6 @@ import keras
 from keras import layers
 
 from flexunet_k3.config import ModelConfig
-from flexunet_k3.models.schedule import level_schedule
 
 
 def _conv_block(x, level: dict, config: ModelConfig, name: str):
@@ -38,7 +37,7 @@ def build_flexunet(config: ModelConfig) -> keras.Model:
     x = inputs
     if config.input_normalize:
         x = layers.Rescaling(1.0 / 255.0, name="input_normalize")(x)
-    schedule = level_schedule(config)
+    schedule = config.levels()
     skips = []
     for i, level in enumerate(schedule):
         x = _conv_block(x, level, config, name=f"enc{i}")
