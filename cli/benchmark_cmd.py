@@ -31,7 +31,8 @@ from .state import console
 
 
 def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+    """A comma-separated option's values, each once, in their order."""
+    return list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
 
 
 def _fmt(value, digits=1) -> str:

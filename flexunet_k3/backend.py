@@ -30,6 +30,7 @@ def select_backend(name: str | None = None) -> str:
     chosen = name or os.environ.get("KERAS_BACKEND") or "tensorflow"
     if chosen not in BACKENDS:
         raise UserError(f"unknown backend {chosen!r}: choose one of {', '.join(BACKENDS)}")
+    cpu_devices = cpu_device_count()
     if "keras" in sys.modules:
         import keras
 
@@ -43,7 +44,6 @@ def select_backend(name: str | None = None) -> str:
         raise UserError(f"backend {chosen!r} is not installed: pip install 'flexunet-k3[{chosen}]'")
     os.environ["KERAS_BACKEND"] = chosen
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # 3: not even "no CUDA driver" errors
-    cpu_devices = cpu_device_count()
     if chosen == "jax" and cpu_devices:
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cpu_devices}"
