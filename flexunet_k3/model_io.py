@@ -16,7 +16,7 @@ import keras
 from flexunet_k3.config import Config, OptimizerConfig
 from flexunet_k3.distribution import current
 from flexunet_k3.errors import UserError, first_line
-from flexunet_k3.files import replacing
+from flexunet_k3.files import describe, replacing
 from flexunet_k3.losses import get_loss
 from flexunet_k3.metrics import segmentation_metrics
 from flexunet_k3.models import build_model
@@ -59,7 +59,9 @@ def load_trained_model(path: Path, config: Config, *, compile: bool = False):
     """A model saved by `flexunet train` (safe mode), checked against the config's shapes;
     uncompiled, it comes in the config's train.precision and train.jit, ready to predict."""
     if not path.is_file():
-        raise UserError(f"{path}: no trained model here; run `flexunet train` first")
+        raise UserError(
+            f"{path}: no trained model here ({describe(path)}); run `flexunet train` first"
+        )
     model = _read_model_file(path, compile)
     expected = ((config.model.image_height, config.model.image_width,
                  config.model.image_channels), config.model.num_classes)

@@ -26,6 +26,7 @@ from flexunet_k3.errors import UserError, listing
 from flexunet_k3.files import (
     MAX_JSON_BYTES,
     check_output_folder,
+    describe,
     read_bytes,
     refuse_non_files,
     write_json,
@@ -321,7 +322,9 @@ def prepare_run(
         )
     if resume:
         if run.last not in owned or not run.last.is_file():
-            raise UserError(f"{run.last}: nothing to resume; train without --resume")
+            raise UserError(
+                f"{run.last}: nothing to resume ({describe(run.last)}); train without --resume"
+            )
         return state
     earlier = [path for path in owned if path.is_file() and path != run.config]
     if earlier and not overwrite:

@@ -11,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from test_bad_input import Case, both, fifo, folder, nifti, png, run_case, text
+from test_bad_input import Case, both, fifo, folder, link, nifti, png, run_case, text
 
 from flexunet_k3.run_folder import RunFolder
 
@@ -124,6 +124,14 @@ CASES = [
          replaced("history.json", folder)),
     Case("resume-manifest-folder", RESUME, (".flexunet-run.json", "is a folder where a file"),
          replaced(".flexunet-run.json", folder)),
+    Case("resume-last-folder", RESUME, ("last.keras", "is a folder"),
+         replaced("models/last.keras", folder)),
+    Case("resume-last-fifo", RESUME, ("last.keras", "special file"),
+         replaced("models/last.keras", fifo), subprocess=True),
+    Case("resume-last-dangling", RESUME, ("last.keras", "nothing to resume", "link to nothing"),
+         replaced("models/last.keras", lambda name: link(name, "gone.keras"))),
+    Case("evaluate-best-folder", ["evaluate", *C], ("best.keras", "no trained model", "folder"),
+         replaced("models/best.keras", folder)),
     Case("resume-config-folder", RESUME, ("run/config.yaml", "is a folder where a file goes"),
          replaced("config.yaml", folder)),
     Case("overwrite-history-folder", ["train", *C, "--overwrite"],
