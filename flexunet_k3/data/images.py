@@ -20,15 +20,19 @@ _SHOWN = 5
 
 def open_image(path: Path, keep_depth: bool = False) -> Image.Image:
     """A decoded image in mode "L" (gray) or "RGB"; alpha dropped, 16- and 32-bit gray scaled to
-    8-bit, or kept as they are (modes "I;16", "I", "F") when `keep_depth`."""
+    8-bit, or kept as they are (modes "I;16", "I", "F") when `keep_depth`. A file of several
+    frames (a multi-page TIFF, an animated PNG) is refused: which one is meant is not known."""
     try:
         with Image.open(path, formats=_FORMATS) as img:
-            img.load()
-            return img if keep_depth and img.mode in _DEEP_GRAY else _to_8bit(img)
+            frames = getattr(img, "n_frames", 1)
+            if frames == 1:
+                img.load()
+                return img if keep_depth and img.mode in _DEEP_GRAY else _to_8bit(img)
     except Exception as exc:  # Pillow's decoders raise many types on a damaged file
         raise UserError(
             f"{path}: cannot read image ({first_line(exc)}); replace or remove the file"
         ) from None
+    raise UserError(f"{path}: holds {frames} frames; give one image per file")
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
