@@ -75,7 +75,8 @@ def _read_npz(path: Path, num_classes: int) -> np.ndarray:
     labels = labels.squeeze(axis=-1) if labels.ndim == 3 and labels.shape[-1] == 1 else labels
     if labels.ndim != 2 or not labels.size or labels.dtype.kind not in "iub":
         raise UserError(
-            f"{path}: expected a 2D integer label array, got {labels.dtype} {labels.shape}"
+            f"{path}: expected a 2D integer label array, got {labels.dtype} {labels.shape}; "
+            "save the mask as a 2D array of integer class ids"
         )
     return _class_ids(path, labels, num_classes)
 
