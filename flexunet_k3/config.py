@@ -31,10 +31,21 @@ MAX_WEIGHTS = 2**32  # 16 GiB of float32 weights; an optimizer adds 2 or 3 times
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few kB; this bounds what a wrong file costs to read
 
 
+def _as_yaml(value) -> str:
+    """A parsed YAML value as messages show it: null, true, 5, a list, a mapping."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "a list"
+    return "a mapping" if isinstance(value, dict) else repr(value)
+
+
 def _not_a_bool(value):
     """YAML reads true/false as booleans, which pydantic would take as 1/0 for a number."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {str(value).lower()}")
+        raise ValueError(f"expected a number, got {_as_yaml(value)}")
     return value
 
 
@@ -377,6 +388,8 @@ def _format_error(error: dict, overridden: Collection[str]) -> str:
         where = shown or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown key"
+    if error["type"] == "path_type":  # pydantic's words name the Python class
+        return f"{where}: expected a path, got {_as_yaml(error['input'])}"
     message = error["msg"].removeprefix("Value error, ")
     return f"{where}: {message}"
 
