@@ -88,6 +88,15 @@ def png(name: str, array: np.ndarray) -> Callable[[Path], None]:
     return write
 
 
+def pages(name: str, count: int) -> Callable[[Path], None]:
+    """A multi-page TIFF of `count` copies of MASK."""
+    def write(t: Path) -> None:
+        (t / name).parent.mkdir(parents=True, exist_ok=True)
+        frames = [Image.fromarray(MASK) for _ in range(count)]
+        frames[0].save(t / name, save_all=True, append_images=frames[1:])
+    return write
+
+
 def npz(name: str, **arrays) -> Callable[[Path], None]:
     def write(t: Path) -> None:
         (t / name).parent.mkdir(parents=True, exist_ok=True)
@@ -255,6 +264,12 @@ CASES = [
     Case("set-section-scalar", [*V, "--set", "model=3"], ("--set model",), config()),
     Case("set-nan", [*V, "--set", "optimizer.learning_rate=.nan"],
          ("--set optimizer.learning_rate",), config()),
+    Case("set-path-null", [*V, "--set", "train.output_dir=~"],
+         ("--set train.output_dir: expected a path, got null",), config()),
+    Case("set-path-number", [*V, "--set", "data.dataset=5"],
+         ("--set data.dataset: expected a path, got 5",), config()),
+    Case("path-a-list", V, ("infer.images_dir: expected a path, got a list",),
+         config(infer={"images_dir": ["a", "b"]})),
     # the original's INI config
     Case("ini-missing", IMP, ("a.config",)),
     Case("ini-folder", IMP, ("a.config",), folder("a.config")),
@@ -290,6 +305,10 @@ CASES = [
          both(npz("pred/a.npz", labels=np.zeros((2, 16, 16), np.uint8)), png("gt/a.png", MASK))),
     Case("pred-npz-not-classes", EP, ("a.npz",),
          both(npz("pred/a.npz", labels=np.full((16, 16), 7, np.uint8)), png("gt/a.png", MASK))),
+    Case("pred-npz-float", EP, ("a.npz", "float32", "integer class ids"),
+         both(npz("pred/a.npz", labels=np.zeros((16, 16), np.float32)), png("gt/a.png", MASK))),
+    Case("pred-multipage-tiff", EP, ("a.tif", "holds 3 frames; give one image per file"),
+         both(pages("pred/a.tif", 3), png("gt/a.png", MASK))),
     Case("pred-name-newline", EP, ("pred/a\\nb.png", "cannot read"),
          both(text("pred/a\nb.png", b"\x89PNG broken"), png("gt/a\nb.png", MASK))),
     Case("pred-without-masks", ["evaluate", "--predictions", "{t}/pred"], ("--masks",), PAIR),
