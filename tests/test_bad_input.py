@@ -519,6 +519,19 @@ def test_bad_input(case, tmp_path, capsys):
         assert fragment in lines[0], lines[0]
 
 
+def test_msd_member_larger_than_a_volume(tmp_path, capsys, monkeypatch):
+    """A tar member larger than any volume may be is refused before it is read (the limit is
+    lowered here: a member beyond the real one takes 8 GiB)."""
+    monkeypatch.setattr("flexunet_k3.data.msd.MAX_FILE_BYTES", 4000)
+    volume = nib.Nifti1Image(np.zeros((32, 32, 4), np.int16), np.eye(4)).to_bytes()
+    members = {"Task06_Lung/dataset.json": json.dumps(PAIRS).encode(),
+               "Task06_Lung/imagesTr/lung_001.nii.gz": volume,
+               "Task06_Lung/labelsTr/lung_001.nii.gz": volume}
+    test_bad_input(Case("msd-tar-member-too-big", [*MSD[:3], "{t}/t.tar", *MSD[4:]],
+                        ("lung_001.nii.gz", f"{len(volume)} bytes, more than the 4000",
+                         "NIfTI volumes of at most"), tar("t.tar", members)), tmp_path, capsys)
+
+
 def test_ids_are_unique_and_there_are_a_hundred():
     assert len({case.id for case in CASES}) == len(CASES) >= 100
 

@@ -43,6 +43,8 @@ from ..progress import track
 from .cases import MAX_SEED, SPLITS, SPLITS_FILE, case_id, split_cases, write_splits
 from .images import resize_image, resize_labels
 from .nifti import (
+    MAX_FILE_BYTES,
+    MAX_VOXELS,
     Volume,
     check_class_ids,
     display_slice,
@@ -63,6 +65,7 @@ DATASET_FILES = (*STATISTICS_FILES, SPLITS_FILE, MANIFEST)  # beside the split f
 SLICE_FILE = re.compile(r"(train|valid|test|mini_test)/(images|masks)/[^/\0]+\.png")
 SOURCE_HINT = "give Task06_Lung.tar or its extracted folder (dataset.json, imagesTr, labelsTr)"
 FILE_HINT = "dataset.json and the volumes it lists must be files"
+VOLUME_HINT = f"{FILE_HINT}, NIfTI volumes of at most {MAX_VOXELS} voxels"
 
 
 @dataclass(frozen=True)
@@ -80,18 +83,19 @@ class Source:
         full = self.root + name
         return full in self.members or any(m.startswith(full + "/") for m in self.members)
 
-    def read(self, name: str, limit: int | None = None) -> bytes:
-        """The bytes of the file `name`; refused where it is not a regular file (a folder, a
-        link inside the archive, a pipe) or is larger than `limit` bytes."""
+    def read(self, name: str, limit: int | None = None, hint: str = FILE_HINT) -> bytes:
+        """The bytes of the file `name`; refused (with `hint`, what to do) where it is not a
+        regular file (a folder, a link inside the archive, a pipe) or is larger than `limit`
+        bytes."""
         try:
             if self.members is None:
-                return read_bytes(self.path / self.root / name, FILE_HINT, limit)
+                return read_bytes(self.path / self.root / name, hint, limit)
             with tarfile.open(self.path) as tar:
                 member = tar.getmember(self.root + name)
                 if not member.isfile():
                     raise UserError(f"{self.where(name)}: is {_kind(member)} in the archive, "
-                                    f"not a file; {FILE_HINT}")
-                check_size(self.where(name), member.size, limit, FILE_HINT)
+                                    f"not a file; {hint}")
+                check_size(self.where(name), member.size, limit, hint)
                 return tar.extractfile(member).read()
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise UserError(
@@ -271,8 +275,9 @@ def convert_case(job: CaseJob) -> CaseResult:
 
 
 def read_task_volume(task: Source, name: str) -> Volume:
-    """A 3D NIfTI volume from the task folder or archive."""
-    return volume_from_bytes(task.read(name), task.where(name))
+    """A 3D NIfTI volume from the task folder or archive; a file larger than any volume may be
+    is refused before it is read."""
+    return volume_from_bytes(task.read(name, MAX_FILE_BYTES, VOLUME_HINT), task.where(name))
 
 
 def _check_settings(window, size, keep_empty, split, seed, mini_test, workers) -> dict:

@@ -30,6 +30,9 @@ from ..files import describe
 
 SUFFIXES = (".nii.gz", ".nii")
 MAX_VOXELS = 2**30  # 512 x 512 x 4096; a header claiming more is refused before reading
+# The largest volume file read whole (an archive's member): MAX_VOXELS voxels of 8 bytes, not
+# compressed, and a header with its extensions (16 MiB: more than any has, and than gzip adds)
+MAX_FILE_BYTES = MAX_VOXELS * 8 + 2**24
 DEFLATE_MAX_RATIO = 1032  # gzip (deflate) never unpacks one byte into more than this many
 _READ_ERRORS = (
     OSError, EOFError, zlib.error, ValueError, ImageFileError, HeaderDataError, WrapStructError
