@@ -129,6 +129,15 @@ def test_prepare_synthetic_at_512(prepared):
     assert record["files"][sorted(cases["test"])[0]]["label"].startswith("labelsTr/lung_")
 
 
+
+def test_a_split_record_that_is_no_file_is_named_as_such(tmp_path):
+    with pytest.raises(UserError, match="not found; the dataset was not made"):
+        read_splits(tmp_path)
+    (tmp_path / "splits.json").mkdir()
+    with pytest.raises(UserError, match="splits.json: is a folder; prepare the dataset again"):
+        read_splits(tmp_path)
+
+
 def marker_case(storage: str):
     """A 20x20x4 volume with a bright block in the patient's anterior-right, stored RAS or LPS."""
     image = np.full((20, 20, 4), -1000, np.int16)

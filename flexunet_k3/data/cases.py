@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..files import write_json
+from ..files import MAX_JSON_BYTES, read_bytes, write_json
 
 SPLITS = ("train", "valid", "test")
 SPLITS_FILE = "splits.json"
@@ -70,13 +70,13 @@ def write_splits(folder: Path, source: Path, splits: dict, files: dict, window) 
 def read_splits(dataset: Path) -> dict:
     """The split record of a dataset folder written by `prepare msd`."""
     path = Path(dataset) / SPLITS_FILE
-    if not path.is_file():
+    if not path.exists():
         raise UserError(
             f"{path}: not found; the dataset was not made by this version's `flexunet prepare "
             "msd`: prepare it again to record which patients went to which split"
         )
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(read_bytes(path, "prepare the dataset again", MAX_JSON_BYTES))
         cases = record["splits"]["test"]
         paths = [record["files"][case] for case in cases]
         if not (isinstance(record["source"], str) and all(
