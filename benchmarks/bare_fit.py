@@ -40,7 +40,7 @@ def worker(config_path: str, precision: str, rounds: int, steps: int, overrides:
     config = load_config(config_path, overrides)
     set_up_process(config, precision)
     models = {"flexunet": compile_model(config), "bare": compile_model(config, metrics=False)}
-    x, y = synthetic_batch(config, config.train.batch_size)
+    x, y = synthetic_batch(config, config.train.batch_size, config.train_size())
     for model in models.values():
         step_times(model, x, y, 2)  # compilation and first allocations
     times: dict[str, list[list[float]]] = {name: [] for name in models}

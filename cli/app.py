@@ -98,7 +98,7 @@ def summary(config: ConfigOption, overrides: Overrides = None) -> None:
     use_backend()
     from flexunet_k3.models import build_model
 
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, any_size=cfg.train.crop_size is not None)
     model.summary(line_length=110, print_fn=lambda line, **_: console.print(line, markup=False))
 
 

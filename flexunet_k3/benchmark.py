@@ -11,6 +11,7 @@ backend's device; bfloat16 emulated on a CPU without native support runs only a 
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import subprocess
@@ -142,6 +143,7 @@ def measure(config: Config, case: Case) -> Row:
 
     from flexunet_k3.backend import devices
     from flexunet_k3.model_io import compile_model
+    from flexunet_k3.models import build_model
     from flexunet_k3.precision import this_machine
     from flexunet_k3.training import set_up_process
 
@@ -151,16 +153,20 @@ def measure(config: Config, case: Case) -> Row:
     placement = distribute(config, case)
     set_up_process(config, precision)
     model = compile_model(config)
-    x, y = synthetic_batch(config, case.batch_size)
+    x, y = synthetic_batch(config, case.batch_size, config.train_size())
     steps = step_times(model, x, y, case.warmup + case.steps)
     timed = steps[case.warmup :]
+    x, _ = synthetic_batch(config, case.batch_size)  # inference takes whole images
     infer_times = []
     for i in range(case.warmup + case.steps):
         begin = time.perf_counter()
         keras.ops.convert_to_numpy(model.predict_on_batch(x))
         if i >= case.warmup:
             infer_times.append(time.perf_counter() - begin)
-    flops = forward_flops(model)
+    # a model trained on crops takes any size: its FLOPs are counted on a whole-image twin
+    flops = forward_flops(build_model(config.model) if config.train.crop_size else model)
+    m = config.model
+    crop_share = math.prod(config.train_size()) / (m.image_height * m.image_width)
     train_rate = case.batch_size / float(np.median(timed))
     return Row(
         case=case,
@@ -175,18 +181,20 @@ def measure(config: Config, case: Case) -> Row:
         peak_host_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         peak_device_mb=_device_peak_mb(case.backend),
         gflop_per_image=flops / 1e9,
-        train_tflops=3 * flops * train_rate / 1e12,
+        train_tflops=3 * flops * crop_share * train_rate / 1e12,
     )
 
 
-def synthetic_batch(config: Config, batch_size: int):
-    """A random float32 image batch and integer class maps of the config's shapes."""
+def synthetic_batch(config: Config, batch_size: int, size: tuple[int, int] | None = None):
+    """A random float32 image batch and integer class maps of the config's shapes, or of
+    `size` (height, width): config.train_size() for what a training step sees."""
     import numpy as np
 
     m = config.model
+    height, width = size or (m.image_height, m.image_width)
     rng = np.random.default_rng(0)
-    x = rng.random((batch_size, m.image_height, m.image_width, m.image_channels), "float32")
-    return x, rng.integers(0, m.num_classes, (batch_size, m.image_height, m.image_width))
+    x = rng.random((batch_size, height, width, m.image_channels), "float32")
+    return x, rng.integers(0, m.num_classes, (batch_size, height, width))
 
 
 def step_times(model, x, y, steps: int):

@@ -297,6 +297,11 @@ class TrainConfig(Section):
     num_infer_images: Count = Field(6, ge=0, le=1000)
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16", "auto"] = "float32"
     jit: Literal["auto", "on", "off"] = "auto"
+    # Train on random crop_size x crop_size windows of the (augmented) images, a share
+    # crop_foreground of them placed to hold a foreground pixel; validation, evaluation and
+    # inference see whole images. None: train on whole images.
+    crop_size: Count | None = Field(None, ge=1, le=65_536)
+    crop_foreground: Real = Field(0.5, ge=0, le=1)
     # None: every batch; fewer for smoke runs
     steps_per_epoch: Count | None = Field(None, ge=1, le=1_000_000)
     # Keep freed memory in the process (glibc): faster steps, some more peak memory (BENCHMARKS.md)
@@ -353,6 +358,22 @@ class Config(Section):
                 "background first)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _crop_fits_model(self):
+        crop, m = self.train.crop_size, self.model
+        factor = 2 ** (m.num_layers - 1)
+        if crop is not None and (crop % factor or crop > min(m.image_height, m.image_width)):
+            raise ValueError(
+                f"train.crop_size {crop} must be a multiple of 2**(model.num_layers-1) = {factor} "
+                f"and at most the image size {m.image_height}x{m.image_width}"
+            )
+        return self
+
+    def train_size(self) -> tuple[int, int]:
+        """(height, width) of the images a training step sees: train.crop_size or whole."""
+        crop = self.train.crop_size
+        return (crop, crop) if crop else (self.model.image_height, self.model.image_width)
 
     def resolve_paths(self, base: Path, from_cwd: set[str] = frozenset()) -> Config:
         """A copy whose relative paths are made absolute against `base`, or against the

@@ -45,7 +45,7 @@ def compile_model(config: Config, *, metrics: bool = True) -> keras.Model:
     the bare model benchmarks/bare_fit.py compares with) the segmentation metrics."""
     names = [spec.name for spec in config.data.classes]
     with current().scope():
-        model = build_model(config.model)
+        model = build_model(config.model, any_size=config.train.crop_size is not None)
         model.compile(
             optimizer=make_optimizer(config.optimizer),
             loss=get_loss(config.train.loss),
@@ -66,7 +66,7 @@ def load_trained_model(path: Path, config: Config, *, compile: bool = False):
     expected = ((config.model.image_height, config.model.image_width,
                  config.model.image_channels), config.model.num_classes)
     found = _signature(model)
-    if found != expected:
+    if not _fits(found, expected):
         raise UserError(
             f"{path}: this model takes {_describe(found)} but the config says "
             f"{_describe(expected)}; use the config the model was trained with"
@@ -115,7 +115,7 @@ def as_configured(model, config: Config):
         keras.mixed_precision.set_global_policy(precision)
         try:
             with current().scope():
-                rebuilt = build_model(config.model)
+                rebuilt = build_model(config.model, _takes_any_size(model))
         finally:
             keras.mixed_precision.set_global_policy(previous)
         rebuilt.set_weights(model.get_weights())
@@ -156,8 +156,24 @@ def _signature(model) -> tuple | None:
     return tuple(inputs[0].shape[1:]), outputs[0].shape[-1]
 
 
+def _fits(found: tuple | None, expected: tuple) -> bool:
+    """The signatures match, a height or width of None (a model trained on crops) any size."""
+    if found is None:
+        return False
+    (size, classes), (wanted, wanted_classes) = found, expected
+    return classes == wanted_classes and all(
+        have in (None, want) for have, want in zip(size, wanted, strict=True)
+    )
+
+
+def _takes_any_size(model) -> bool:
+    return None in tuple(model.inputs[0].shape[1:3])
+
+
 def _describe(signature: tuple | None) -> str:
     if signature is None:
         return "something other than one image in and one mask out"
     (height, width, channels), classes = signature
-    return f"{height}x{width}x{channels} images and {classes} output classes"
+    images = (f"{channels}-channel images of any size" if None in (height, width)
+              else f"{height}x{width}x{channels} images")
+    return f"{images} and {classes} output classes"

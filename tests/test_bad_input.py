@@ -251,6 +251,12 @@ CASES = [
     Case("infer-batch-zero", V, ("infer.batch_size",), config(infer={"batch_size": 0})),
     Case("augment-probability", V, ("augment.probability",), config(augment={"probability": 2})),
     Case("augment-shrink", V, ("augment.shrink_ratios",), config(augment={"shrink_ratios": [0]})),
+    Case("crop-not-a-multiple", V, ("train.crop_size 10", "multiple of", "= 4"),
+         config(train={"crop_size": 10})),
+    Case("crop-over-the-image", V, ("train.crop_size 64", "image size 32x32"),
+         config(train={"crop_size": 64})),
+    Case("crop-foreground-share", V, ("train.crop_foreground",),
+         config(train={"crop_foreground": 1.5})),
     Case("show-bad", S, ("train.epochs",), config(train={"epochs": 0})),
     # --set
     Case("set-no-equals", [*V, "--set", "train.epochs"], ("--set", "expected section.key=value"),

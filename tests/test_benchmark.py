@@ -37,6 +37,7 @@ def test_a_run_on_this_backend_writes_its_row(tiny_config, tmp_path):
     done = flexunet(
         "--quiet", "benchmark", "--config", str(tiny_config), "--backends", f"{backend},{backend}",
         "--steps", "2", "--warmup", "1", "--json", str(out), "--set", "train.jit=off",
+        "--set", "train.crop_size=16",  # steps on 16x16 crops of the 32x32 images
     )
     assert done.returncode == 0, done.stderr
     (row,) = json.loads(out.read_text())["rows"]  # a backend named twice runs once
@@ -47,8 +48,10 @@ def test_a_run_on_this_backend_writes_its_row(tiny_config, tmp_path):
     )
     assert row["case"]["batch_size"] == 4 and row["train_images_per_s"] > 0
     assert row["train_tflops"] == pytest.approx(
-        3 * row["gflop_per_image"] * row["train_images_per_s"] / 1000
+        3 * row["gflop_per_image"] / 4 * row["train_images_per_s"] / 1000
     )
+    config = load_config(tiny_config)
+    assert row["gflop_per_image"] == pytest.approx(forward_flops(build_model(config.model)) / 1e9)
     assert row["step_ms_p90"] >= row["step_ms_median"] > 0 and row["infer_images_per_s"] > 0
     assert backend in done.stdout and "float32" in done.stdout
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from flexunet_k3.config import AugmentConfig
 from flexunet_k3.data import masks
-from flexunet_k3.data.augment import Augmenter
+from flexunet_k3.data.augment import Augmenter, random_crop
 from flexunet_k3.data.images import list_images, pair_files, read_image
 from flexunet_k3.data.masks import colors_to_labels, labels_to_palette_image, read_mask
 from flexunet_k3.errors import UserError
@@ -315,3 +315,31 @@ def test_intensity_changes_only_the_image():
     augmenter = Augmenter(config, seed=0)
     out_image, out_labels = augmenter(image, labels, augmenter.rng(0, 0))
     assert np.array_equal(out_labels, labels) and not np.array_equal(out_image, image)
+
+
+def test_random_crop_cuts_the_same_window_of_image_and_labels():
+    image, labels = square_pair()
+    marked = image.copy()
+    marked[..., 1], marked[..., 2] = np.mgrid[:64, :64]  # each pixel's row and column
+    windows = set()
+    for seed in range(20):
+        out_image, out_labels = random_crop(marked, labels, 16, 0.0, np.random.default_rng(seed))
+        assert out_image.shape == (16, 16, 3) and out_labels.shape == (16, 16)
+        top, left = out_image[0, 0, 1:]
+        assert np.array_equal(marked[top : top + 16, left : left + 16], out_image)
+        assert np.array_equal(labels[top : top + 16, left : left + 16], out_labels)
+        windows.add((top, left))
+    assert len(windows) > 10
+
+
+def test_random_crop_holds_foreground_as_often_as_asked():
+    labels = np.zeros((64, 64), np.uint8)
+    labels[60, 2] = 1  # one foreground pixel in a corner: a random window rarely holds it
+    image = np.zeros((64, 64, 1), np.uint8)
+    held = [
+        random_crop(image, labels, 16, share, np.random.default_rng(seed))[1].any()
+        for share in (1.0, 0.0) for seed in range(40)
+    ]
+    assert all(held[:40]) and sum(held[40:]) < 10
+    again = random_crop(image, labels, 16, 1.0, np.random.default_rng(5))[1]
+    assert np.array_equal(again, random_crop(image, labels, 16, 1.0, np.random.default_rng(5))[1])

@@ -15,8 +15,10 @@ from conftest import TINY, assert_one_line_error, flexunet, write_config
 from flexunet_k3 import training
 from flexunet_k3.callbacks import RunRecorder
 from flexunet_k3.config import load_config
+from flexunet_k3.data.dataset import dataset_from_config
 from flexunet_k3.errors import UserError
 from flexunet_k3.interrupt import Interrupted
+from flexunet_k3.model_io import load_trained_model
 from flexunet_k3.run_folder import RunFolder, TrainState
 from flexunet_k3.training import train
 
@@ -90,6 +92,25 @@ def test_mixed_precision_policy_is_honoured(tmp_path, tiny_dataset):
         keras.mixed_precision.set_global_policy("float32")
     assert model.get_layer("enc0_conv1").compute_dtype == "bfloat16"
     assert read_state(tmp_path / "run")["status"] == "completed"
+
+
+def test_training_on_crops_gives_a_model_for_whole_images(tmp_path, tiny_dataset):
+    config = load_config(write_config(
+        tmp_path, tiny_dataset,
+        train={"epochs": 1, "steps_per_epoch": 2, "crop_size": 16, "num_infer_images": 1},
+    ))
+    images, labels = dataset_from_config(config, "train", training=True)[0]
+    assert images.shape == (4, 16, 16, 1) and labels.shape == (4, 16, 16)
+    assert dataset_from_config(config, "valid", training=False)[0][0].shape == (4, 32, 32, 1)
+    assert train(config).state.status == "completed"
+    model = load_trained_model(tmp_path / "run" / "models" / "best.keras", config)
+    assert tuple(model.inputs[0].shape) == (None, None, None, 1)
+    assert keras.ops.shape(model.predict(images, verbose=0)) == (4, 16, 16, 2)
+    whole = dataset_from_config(config, "test", training=False)[0][0]
+    assert keras.ops.shape(model.predict(whole, verbose=0)) == (4, 32, 32, 2)
+    config.model.image_channels = 3
+    with pytest.raises(UserError, match="takes 1-channel images of any size and 2 output"):
+        load_trained_model(tmp_path / "run" / "models" / "best.keras", config)
 
 
 def test_one_sigmoid_class_trains_with_every_loss(tmp_path, tiny_dataset):

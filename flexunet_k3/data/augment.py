@@ -4,6 +4,7 @@ Flips, rotation, shrink and shear are composed into one affine map about the ima
 an elastic displacement is added at the nodes of a mesh; Pillow then warps the image
 (bilinear) and the mask (nearest, so class ids stay valid) through the same mesh, once each.
 Uncovered areas become 0 in both (background). Brightness and contrast touch the image only.
+`random_crop` cuts the training windows of train.crop_size.
 """
 
 from __future__ import annotations
@@ -98,6 +99,23 @@ class Augmenter:
         mean = float(image.mean())
         lut = (np.arange(256, dtype=np.float32) - mean) * gain + mean + shift
         return np.take(np.clip(lut + 0.5, 0, 255).astype(np.uint8), image)
+
+
+def random_crop(image: np.ndarray, labels: np.ndarray, size: int, foreground: float,
+                rng: np.random.Generator):
+    """A size x size window of an (H, W, C) image and its (H, W) labels, placed anywhere, or,
+    with probability `foreground` and where the labels have any, to hold a random
+    foreground pixel (nnU-Net's foreground oversampling)."""
+    height, width = labels.shape
+    rows, cols = np.nonzero(labels)
+    if len(rows) and rng.random() < foreground:
+        pick = rng.integers(len(rows))
+        top = rng.integers(max(0, rows[pick] - size + 1), min(height - size, rows[pick]) + 1)
+        left = rng.integers(max(0, cols[pick] - size + 1), min(width - size, cols[pick]) + 1)
+    else:
+        top, left = rng.integers(height - size + 1), rng.integers(width - size + 1)
+    window = np.s_[top : top + size, left : left + size]
+    return image[window], labels[window]
 
 
 def _nodes(size: int, step: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from flexunet_k3.config import Config
-from flexunet_k3.data.augment import Augmenter
+from flexunet_k3.data.augment import Augmenter, random_crop
 from flexunet_k3.data.images import (
     pair_files,
     read_image,
@@ -30,6 +30,7 @@ from flexunet_k3.files import replacing, write_json
 from flexunet_k3.progress import track
 
 Size = tuple[int, int]
+CROP_STREAM = 1  # seeds a sample's crop apart from its augmentation: [seed, epoch, sample, 1]
 
 
 def load_pair(image_path: Path, mask_path: Path, size: Size, channels: int, colors):
@@ -49,6 +50,7 @@ class SegmentationDataset(keras.utils.PyDataset):
     """Batches of (images float32 (B, H, W, C), labels int32 (B, H, W)) from (image, mask) pairs.
 
     Shuffling and augmentation are seeded per epoch: the same seed gives the same batches.
+    `crop = (size, foreground)` cuts each image to a training window after augmentation.
     `cache` keeps decoded arrays in memory or in a memmapped .npy under `cache_dir`, so files
     are decoded once; uncached, only the current batch (and worker prefetch) is in memory.
 
@@ -68,6 +70,7 @@ class SegmentationDataset(keras.utils.PyDataset):
         shuffle: bool = False,
         seed: int = 0,
         augmenter: Augmenter | None = None,
+        crop: tuple[int, float] | None = None,
         cache: Literal["none", "memory", "disk"] = "none",
         cache_dir: Path | None = None,
         normalize: bool = True,
@@ -92,6 +95,7 @@ class SegmentationDataset(keras.utils.PyDataset):
         self.batch_size = batch_size
         self.devices, self.process = devices, process
         self.shuffle, self.seed, self.augmenter = shuffle, seed, augmenter
+        self.crop = crop
         self.normalize = normalize
         self._off_color = np.full(len(self.pairs), -1, np.int64)  # -1: not read yet
         self._warn_once = threading.Lock()  # acquired by the one warning, never released
@@ -137,7 +141,19 @@ class SegmentationDataset(keras.utils.PyDataset):
             for row, sample in enumerate(samples):
                 rng = self.augmenter.rng(self.epoch, int(sample))
                 images[row], labels[row] = self.augmenter(images[row], labels[row], rng)
+        if self.crop is not None:
+            images, labels = self._crop(images, labels, samples)
         return to_float(images, self.normalize), labels.astype(np.int32)
+
+    def _crop(self, images: np.ndarray, labels: np.ndarray, samples: np.ndarray):
+        """Each image's training window (its draws seeded like its augmentation)."""
+        size, foreground = self.crop
+        windows = [
+            random_crop(image, label, size, foreground,
+                        np.random.default_rng([self.seed, self.epoch, int(sample), CROP_STREAM]))
+            for image, label, sample in zip(images, labels, samples, strict=True)
+        ]
+        return np.stack([w[0] for w in windows]), np.stack([w[1] for w in windows])
 
     def _share(self, samples: np.ndarray) -> np.ndarray:
         """This process's part of a global batch cut to whole shares of the devices."""
@@ -268,6 +284,8 @@ def dataset_from_config(
         shuffle=training,
         seed=config.train.seed,
         augmenter=Augmenter(config.augment, config.train.seed) if augment else None,
+        crop=(config.train.crop_size, config.train.crop_foreground)
+        if training and config.train.crop_size else None,
         cache=config.data.cache,
         cache_dir=cache_dir or config.train.output_dir / "cache",
         normalize=not config.model.input_normalize,

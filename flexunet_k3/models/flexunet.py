@@ -29,11 +29,11 @@ def _conv_block(x, level: dict, config: ModelConfig, name: str):
     return x
 
 
-def build_flexunet(config: ModelConfig) -> keras.Model:
-    """The UNet of the README's "The model"; the output is float32 under mixed precision."""
-    inputs = keras.Input(
-        (config.image_height, config.image_width, config.image_channels), name="image"
-    )
+def build_flexunet(config: ModelConfig, any_size: bool = False) -> keras.Model:
+    """The UNet of the README's "The model"; the output is float32 under mixed precision.
+    `any_size`: its input takes any height and width divisible by 2**(num_layers-1)."""
+    size = (None, None) if any_size else (config.image_height, config.image_width)
+    inputs = keras.Input((*size, config.image_channels), name="image")
     x = inputs
     if config.input_normalize:
         x = layers.Rescaling(1.0 / 255.0, name="input_normalize")(x)
