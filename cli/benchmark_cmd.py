@@ -35,6 +35,11 @@ def _split(text: str) -> list[str]:
     return list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
 
 
+def _backend_list(text: str) -> list[str]:
+    """--backends: the backends named, each once; `all` stands for every one."""
+    return _split(",".join(",".join(BACKENDS) if part == "all" else part for part in _split(text)))
+
+
 def _fmt(value, digits=1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -104,7 +109,9 @@ def _device_counts(text: str, batch: int) -> list[int]:
 
 def benchmark(
     config: Annotated[Path, typer.Option("--config", "-c", help="A YAML run config.")],
-    backends: Annotated[str, typer.Option(help="Comma-separated backends.")] = ",".join(BACKENDS),
+    backends: Annotated[str, typer.Option(
+        help="Comma-separated backends, or all: " + ", ".join(BACKENDS) + "."
+    )] = "all",
     precision: Annotated[str | None, typer.Option(
         help="Comma-separated: " + ", ".join(PRECISIONS) + ".", show_default="train.precision"
     )] = None,
@@ -143,7 +150,7 @@ def benchmark(
     counts = _device_counts(devices, batch) if devices is not None else [0]
     cases = [
         Case(b, p, j, batch * max(n, 1), steps, warmup, n)
-        for b in check_choices(_split(backends), BACKENDS, "--backends")
+        for b in check_choices(_backend_list(backends), BACKENDS, "--backends")
         for p in check_choices(_split(precision or cfg.train.precision), PRECISIONS, "--precision")
         for j in check_choices(_split(jit or cfg.train.jit), JIT_MODES, "--jit")
         for n in counts
@@ -156,6 +163,8 @@ def benchmark(
     title = (
         f"{m.image_height}x{m.image_width}x{m.image_channels}, {m.num_layers} levels, "
         f"base_filters {m.base_filters}, kernels {m.base_kernels[0]}"
+        + (f", training steps on {cfg.train.crop_size}x{cfg.train.crop_size} crops"
+           if cfg.train.crop_size else "")
     )
     # a log or pipe gets the whole table, not one squeezed to 80 columns
     wide = console if console.is_terminal else Console(width=max(console.width, 160))

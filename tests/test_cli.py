@@ -119,6 +119,14 @@ def test_benchmark_bad_options_exit_2_with_one_line(tiny_config):
         assert_one_line_error(done, option, repr(value))
 
 
+def test_benchmark_backends_all_stands_for_the_three_each_once():
+    from flexunet_k3.cli.benchmark_cmd import _backend_list
+
+    assert _backend_list("all") == ["tensorflow", "jax", "torch"]
+    assert _backend_list("torch, all,jax") == ["torch", "tensorflow", "jax"]
+    assert _backend_list("jax,mall") == ["jax", "mall"]  # refused afterwards, by name
+
+
 class ResourceExhaustedError(Exception):
     """Named as TensorFlow's out-of-memory error (the CLI knows it by name)."""
 
