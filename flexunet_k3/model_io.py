@@ -115,7 +115,7 @@ def as_configured(model, config: Config):
         keras.mixed_precision.set_global_policy(precision)
         try:
             with current().scope():
-                rebuilt = build_model(config.model, _takes_any_size(model))
+                rebuilt = build_model(config.model, takes_any_size(model))
         finally:
             keras.mixed_precision.set_global_policy(previous)
         rebuilt.set_weights(model.get_weights())
@@ -166,7 +166,8 @@ def _fits(found: tuple | None, expected: tuple) -> bool:
     )
 
 
-def _takes_any_size(model) -> bool:
+def takes_any_size(model) -> bool:
+    """Whether the model was built for training on crops (any image size)."""
     return None in tuple(model.inputs[0].shape[1:3])
 
 

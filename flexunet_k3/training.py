@@ -33,7 +33,7 @@ from flexunet_k3.errors import UserError, plural
 from flexunet_k3.files import write_text
 from flexunet_k3.interrupt import Interrupted, deferred, raise_if_pressed
 from flexunet_k3.memory import keep_freed_memory
-from flexunet_k3.model_io import compile_model, load_trained_model, save_model
+from flexunet_k3.model_io import compile_model, load_trained_model, save_model, takes_any_size
 from flexunet_k3.precision import policy
 from flexunet_k3.run_folder import RunFolder, TrainState, prepare_run, start_writing
 
@@ -169,6 +169,12 @@ def _resume(run: RunFolder, config: Config) -> keras.Model:
     before = run.check_model(config, "--resume goes on with the saved model: set them back, or "
                              "train anew with --overwrite or in another train.output_dir")
     model = load_trained_model(run.last, config, compile=True)
+    if config.train.crop_size and not takes_any_size(model):
+        raise UserError(
+            f"{run.last}: trained on whole images, this model cannot go on with "
+            "train.crop_size; set it back to null, or train anew with --overwrite or in another "
+            "train.output_dir"
+        )
     wanted = config.optimizer.learning_rate
     if before is not None and wanted != before.optimizer.learning_rate:
         reached = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))

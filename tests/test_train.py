@@ -113,6 +113,16 @@ def test_training_on_crops_gives_a_model_for_whole_images(tmp_path, tiny_dataset
         load_trained_model(tmp_path / "run" / "models" / "best.keras", config)
 
 
+def test_resume_refuses_crops_for_a_model_trained_on_whole_images(tmp_path, tiny_dataset):
+    train_section = {"epochs": 1, "steps_per_epoch": 1, "epoch_change_infer": False}
+    train(load_config(write_config(tmp_path, tiny_dataset, train=train_section)))
+    config = load_config(write_config(
+        tmp_path, tiny_dataset, train={**train_section, "epochs": 2, "crop_size": 16}
+    ))
+    with pytest.raises(UserError, match="trained on whole images.* train.crop_size; set it back"):
+        train(config, resume=True)
+
+
 def test_one_sigmoid_class_trains_with_every_loss(tmp_path, tiny_dataset):
     # Keras squeezes a single output channel away before calling losses and metrics
     for loss in ("categorical_crossentropy", "dice", "ce_dice"):
