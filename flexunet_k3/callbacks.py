@@ -15,6 +15,7 @@ import keras
 
 from flexunet_k3 import progress
 from flexunet_k3.config import Config, ReducerConfig
+from flexunet_k3.files import copy_file
 from flexunet_k3.inference import write_predictions
 from flexunet_k3.interrupt import raise_if_pressed
 from flexunet_k3.model_io import save_model
@@ -120,9 +121,9 @@ class Plateau(keras.callbacks.Callback):
 
 
 class RunRecorder(keras.callbacks.Callback):
-    """After each good epoch: history, models/last.keras (and best.keras), curves, history.json.
-    Unless it `writes` (data-parallel processes other than 0), it keeps the history in memory
-    and only takes part in saving the models (save_model)."""
+    """After each good epoch: history, models/last.keras (copied to best.keras when best),
+    curves, history.json. Unless it `writes` (data-parallel processes other than 0), it keeps
+    the history in memory and only takes part in saving the model (save_model)."""
 
     def __init__(self, run: RunFolder, state: TrainState, writes: bool = True):
         super().__init__()
@@ -132,11 +133,10 @@ class RunRecorder(keras.callbacks.Callback):
         if not finite_loss(logs):
             return
         self.state.record(logs)
-        last, best = (self.run.last, self.run.best) if self.writes else (None, None)
-        save_model(self.model, last)
-        if self.state.best_epoch == self.state.epoch:
-            save_model(self.model, best)
+        save_model(self.model, self.run.last if self.writes else None)
         if self.writes:
+            if self.state.best_epoch == self.state.epoch:
+                copy_file(self.run.last, self.run.best)  # the same bytes, not a second save
             write_curves(self.state.history, self.run.eval_dir)
             self.state.save(self.run.history)
 

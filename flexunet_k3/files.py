@@ -11,6 +11,7 @@ import codecs
 import json
 import math
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -38,6 +39,12 @@ def replacing(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """Copy `source` over `target`, replacing it only once the copy is whole (`replacing`)."""
+    with replacing(target) as temporary:
+        shutil.copyfile(source, temporary)
 
 
 @contextmanager

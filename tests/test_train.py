@@ -53,6 +53,9 @@ def test_run_folder_is_complete_seeded_and_guarded(tmp_path, tiny_dataset):
     assert float(foreground[2].split(",")[2]) == pytest.approx(first.history["val_dice_tumor"][1])
     state = read_state(run)
     assert state["status"] == "completed" and state["epoch"] == 2
+    best_is_last = state["best_epoch"] == 2
+    assert ((run / "models/best.keras").read_bytes() == (run / "models/last.keras").read_bytes()) \
+        == best_is_last
     assert state["history"]["learning_rate"][0] == pytest.approx(0.01)
     assert len(state["history"]["images_per_s"]) == 2 and min(state["history"]["images_per_s"]) > 0
 
