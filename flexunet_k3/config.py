@@ -353,7 +353,7 @@ class Config(Section):
         expected = max(self.model.num_classes, 2)
         if len(self.data.classes) != expected:
             raise ValueError(
-                f"data.classes lists {plural(len(self.data.classes), 'class')} but "
+                f"data.classes: {plural(len(self.data.classes), 'class')} listed but "
                 f"model.num_classes is {self.model.num_classes} (expected {expected} entries, "
                 "background first)"
             )
@@ -365,8 +365,8 @@ class Config(Section):
         factor = 2 ** (m.num_layers - 1)
         if crop is not None and (crop % factor or crop > min(m.image_height, m.image_width)):
             raise ValueError(
-                f"train.crop_size {crop} must be a multiple of 2**(model.num_layers-1) = {factor} "
-                f"and at most the image size {m.image_height}x{m.image_width}"
+                f"train.crop_size: {crop} must be a multiple of 2**(model.num_layers-1) = "
+                f"{factor} and at most the image size {m.image_height}x{m.image_width}"
             )
         return self
 
@@ -397,8 +397,12 @@ class Config(Section):
 
 def _format_error(error: dict, overridden: Collection[str]) -> str:
     """`key: problem`, the key as `--set key` where an override set it (or created its
-    section), and `key (with --set ...)` where overrides set keys inside it."""
+    section), and `key (with --set ...)` where overrides set keys inside it. A check across
+    sections (Config's own validators) names its key first: "section.key: problem"."""
     key = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if not key and error["type"] == "value_error":
+        key, _, message = message.partition(": ")
     shown = key if key.isprintable() else repr(key)  # a key holding a line break or a tab
     inside = sorted(name for name in overridden if name.startswith(key + ".")) if key else []
     if any(key == name or key.startswith(name + ".") for name in overridden):
@@ -411,7 +415,6 @@ def _format_error(error: dict, overridden: Collection[str]) -> str:
         return f"{where}: unknown key"
     if error["type"] == "path_type":  # pydantic's words name the Python class
         return f"{where}: expected a path, got {_as_yaml(error['input'])}"
-    message = error["msg"].removeprefix("Value error, ")
     return f"{where}: {message}"
 
 

@@ -69,7 +69,7 @@ def test_relative_paths_given_with_set_resolve_against_the_current_folder(tmp_pa
             "model:\n  num_classes: 0\n",
             "model.num_classes: Input should be greater than or equal to 1",
         ),
-        ("model:\n  num_classes: 4\n", "data.classes lists 2 classes but model.num_classes is 4"),
+        ("model:\n  num_classes: 4\n", "data.classes: 2 classes listed but model.num_classes is 4"),
         (
             "optimizer:\n  name: rmsprop\n",
             "optimizer.name: Input should be 'adam', 'adamw' or 'sgd'",

@@ -82,7 +82,7 @@ def refused(path, overrides=()) -> str:
         ),
         ("data: {classes: [{name: a, color: [256, 0, 0]}, {name: b, color: [1, 1, 1]}]}",
          "data.classes.0.color.0: Input should be less than or equal to 255"),
-        ("data: {classes: [{name: a, color: [0, 0, 0]}]}", "data.classes lists 1 class but"),
+        ("data: {classes: [{name: a, color: [0, 0, 0]}]}", "data.classes: 1 class listed but"),
     ],
 )
 def test_numbers_out_of_range_or_of_the_wrong_kind_are_refused(tmp_path, text, expected):
