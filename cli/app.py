@@ -96,9 +96,9 @@ def summary(config: ConfigOption, overrides: Overrides = None) -> None:
 
     cfg = load_config(config, overrides)
     use_backend()
-    from flexunet_k3.models import build_model
+    from flexunet_k3.model_io import new_model
 
-    model = build_model(cfg.model, any_size=cfg.train.crop_size is not None)
+    model = new_model(cfg)
     model.summary(line_length=110, print_fn=lambda line, **_: console.print(line, markup=False))
 
 

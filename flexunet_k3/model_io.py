@@ -40,12 +40,17 @@ def make_optimizer(config: OptimizerConfig) -> keras.optimizers.Optimizer:
     return keras.optimizers.SGD(momentum=config.momentum, **common)
 
 
+def new_model(config: Config) -> keras.Model:
+    """The config's model, untrained; one taking any image size when it trains on crops."""
+    return build_model(config.model, any_size=config.train.crop_size is not None)
+
+
 def compile_model(config: Config, *, metrics: bool = True) -> keras.Model:
     """A new model compiled with the configured optimizer, loss and (unless not `metrics`:
     the bare model benchmarks/bare_fit.py compares with) the segmentation metrics."""
     names = [spec.name for spec in config.data.classes]
     with current().scope():
-        model = build_model(config.model, any_size=config.train.crop_size is not None)
+        model = new_model(config)
         model.compile(
             optimizer=make_optimizer(config.optimizer),
             loss=get_loss(config.train.loss),
