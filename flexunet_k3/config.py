@@ -123,9 +123,14 @@ class ModelConfig(Section):
             raise ValueError(f"kernel sizes must be odd, got {list(kernels)}")
         return kernels
 
+    def size_divisor(self) -> int:
+        """What image sides (and train.crop_size) must be multiples of: 2**(num_layers-1), one
+        halving per level below the top."""
+        return 2 ** (self.num_layers - 1)
+
     @model_validator(mode="after")
     def _size_fits_levels(self):
-        factor = 2 ** (self.num_layers - 1)
+        factor = self.size_divisor()
         for key in ("image_height", "image_width"):
             if getattr(self, key) % factor:
                 raise ValueError(
@@ -362,7 +367,7 @@ class Config(Section):
     @model_validator(mode="after")
     def _crop_fits_model(self):
         crop, m = self.train.crop_size, self.model
-        factor = 2 ** (m.num_layers - 1)
+        factor = m.size_divisor()
         if crop is not None and (crop % factor or crop > min(m.image_height, m.image_width)):
             raise ValueError(
                 f"train.crop_size: {crop} must be a multiple of 2**(model.num_layers-1) = "
