@@ -45,14 +45,14 @@ def label_map(volume: Volume, classes: int, role: str) -> np.ndarray:
     return data.astype(np.uint8)
 
 
-def check_same_grid(prediction: Volume, truth: Volume) -> None:
-    """Refuse a prediction and a label whose voxel grids differ (shape or affine)."""
-    if prediction.data.shape != truth.data.shape:
-        raise UserError(f"{prediction.where}: shape {prediction.data.shape} but its label "
-                        f"{truth.where} has {truth.data.shape}; predict on the labelled volume")
-    if not np.allclose(prediction.affine, truth.affine, rtol=0, atol=AFFINE_TOLERANCE):
-        raise UserError(f"{prediction.where}: its affine differs from its label's "
-                        f"({truth.where}); they do not lie on the same voxel grid")
+def check_same_grid(label: Volume, other: Volume, fix: str) -> None:
+    """Refuse a label whose voxel grid (shape or affine) is not `other`'s; `fix` says what to do."""
+    if label.data.shape != other.data.shape:
+        raise UserError(f"{label.where}: shape {label.data.shape} but {other.where} has "
+                        f"{other.data.shape}; {fix}")
+    if not np.allclose(label.affine, other.affine, rtol=0, atol=AFFINE_TOLERANCE):
+        raise UserError(f"{label.where}: its affine differs from {other.where}'s, so they do "
+                        f"not lie on the same voxel grid; {fix}")
 
 
 def score_case(name: str, prediction: np.ndarray, truth: Volume, class_names: Sequence[str],
@@ -78,7 +78,7 @@ def evaluate_volume_files(predictions: Path, labels: Path, class_names: Sequence
     rows = []
     for item in track(found, "scoring volumes", total=len(found)):
         prediction, truth = item.read(), truths[item.name].read()
-        check_same_grid(prediction, truth)
+        check_same_grid(truth, prediction, "predict on the labelled volume")
         predicted = label_map(prediction, len(class_names), "the prediction")
         rows += score_case(item.name, predicted, truth, class_names, tolerance_mm)
     return VolumeReport(rows, _summary(rows, class_names, tolerance_mm))
@@ -91,10 +91,7 @@ def evaluate_held_out(model, config: Config, inputs: list[VolumeInput],
     rows = []
     for item in track(inputs, "evaluating volumes", total=len(inputs)):
         volume, truth = item.read(), item.label()
-        if truth.data.shape != volume.data.shape:
-            raise UserError(f"{truth.where}: shape {truth.data.shape} but its image "
-                            f"{volume.where} has {volume.data.shape}; a label must lie on its "
-                            "image's voxel grid")
+        check_same_grid(truth, volume, "a label must lie on its image's voxel grid")
         predicted, _ = segment_volume(model, volume, config, window)
         rows += score_case(item.name, predicted, truth, class_names, tolerance_mm)
     return VolumeReport(rows, _summary(rows, class_names, tolerance_mm))

@@ -168,7 +168,8 @@ def test_score_files_against_labels_and_refuse_mismatches(tmp_path):
     with pytest.raises(UserError, match="affine differs"):
         evaluate_volume_files(tmp_path / "pred", tmp_path / "gt", ["bg", "tumor"], 1.0)
     write_nifti(tmp_path / "gt" / "a.nii.gz", truth[:, :, :5])
-    with pytest.raises(UserError, match=r"shape \(20, 20, 6\) but its label"):
+    with pytest.raises(UserError, match=r"gt/a.nii.gz: shape \(20, 20, 5\) but .*pred/a.nii.gz "
+                       r"has \(20, 20, 6\); predict on the labelled volume"):
         evaluate_volume_files(tmp_path / "pred", tmp_path / "gt", ["bg", "tumor"], 1.0)
     write_nifti(tmp_path / "gt" / "a.nii.gz", truth * 3)
     with pytest.raises(UserError, match="values 0..3 but the classes are 0..1"):
@@ -189,9 +190,13 @@ def test_held_out_patients_from_the_recorded_split(tmp_path):
     assert {row["case"] for row in report.rows} == {item.name for item in inputs}
     assert report.summary["volumes"] == len(inputs)
     label = tmp_path / "ct" / "labelsTr" / f"{inputs[0].name}.nii.gz"
-    write_nifti(label, np.zeros((32, 32, 3), np.uint8))
-    with pytest.raises(UserError, match="shape .* but its image .* has .*; a label must lie"):
+    image = nib.load(tmp_path / "ct" / "imagesTr" / f"{inputs[0].name}.nii.gz")
+    write_nifti(label, np.zeros(image.shape, np.uint8), image.affine @ np.diag([1, 1, 2, 1]))
+    with pytest.raises(UserError, match="affine differs from .*; a label must lie on its image"):
         evaluate_held_out(None, cfg, inputs, WINDOW, 1.0)  # refused before any prediction
+    write_nifti(label, np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(UserError, match="shape .* but .* has .*; a label must lie on its image"):
+        evaluate_held_out(None, cfg, inputs, WINDOW, 1.0)
 
 
 def test_volume_inputs_refuse_bad_files(tmp_path):
