@@ -99,7 +99,7 @@ def summary(config: ConfigOption, overrides: Overrides = None) -> None:
     from flexunet_k3.model_io import new_model
 
     model = new_model(cfg)
-    model.summary(line_length=110, print_fn=lambda line, **_: console.print(line, markup=False))
+    model.summary(line_length=110, print_fn=lambda line, **_: console.print(line))
 
 
 def main() -> None:
@@ -124,10 +124,11 @@ def run(args: list[str]) -> int:
         if not _is_usage_error(exc):
             raise
         if type(exc).__name__ == "NoArgsIsHelpError":  # `flexunet` (or a group) alone: help
-            console.print(exc.format_message(), markup=False, highlight=False)
+            console.print(exc.format_message(), highlight=False)
             code = 2
         else:
-            code = _fail(f"{exc.format_message().rstrip('.')} (see {exc.ctx.command_path} --help)")
+            command = exc.ctx.command_path if exc.ctx else "flexunet"  # none: an option's value
+            code = _fail(f"{exc.format_message().rstrip('.')} (see {command} --help)")
     if code == 130:  # Ctrl-C (Typer turns it into exit code 130)
         errors.print("interrupted")
     return code if isinstance(code, int) else 0
@@ -172,7 +173,7 @@ def _fail(message: str) -> int:
     """Print one `error:` line (or re-raise, with --verbose); the exit code 2."""
     if options.verbose:
         raise
-    errors.print(f"error: {one_line(message)}", markup=False, highlight=False, soft_wrap=True)
+    errors.print(f"error: {one_line(message)}", highlight=False)
     return 2
 
 

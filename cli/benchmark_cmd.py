@@ -167,7 +167,7 @@ def benchmark(
            if cfg.train.crop_size else "")
     )
     # a log or pipe gets the whole table, not one squeezed to 80 columns
-    wide = console if console.is_terminal else Console(width=max(console.width, 160))
+    wide = console if console.is_terminal else Console(width=max(console.width, 160), markup=False)
     wide.print(_table(rows, title))
     if json_file:
         write_json(
@@ -186,4 +186,4 @@ def benchmark(
         console.print(f"wrote {json_file}")
     advice = recommendation(rows)
     if advice:
-        console.print(advice, markup=False, highlight=False, soft_wrap=True)
+        console.print(advice, highlight=False)

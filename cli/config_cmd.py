@@ -16,7 +16,7 @@ from flexunet_k3.errors import UserError, plural
 from flexunet_k3.files import describe, write_text
 from flexunet_k3.ini_import import import_ini
 
-from .state import console, errors
+from .state import console, errors, one_line
 
 app = typer.Typer(help="Validate, show, export the schema of, or import run configs.")
 
@@ -61,6 +61,8 @@ def import_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ) -> None:
     """Convert the original tool's INI config to a YAML run config; lists every unmapped key."""
+    if not ini.is_file():
+        raise UserError(f"{ini}: {describe(ini)}; give the INI file")
     output = output or ini.with_suffix(".yaml")
     if output.exists() and not output.is_file():
         raise UserError(f"{output}: {describe(output)}; give the YAML file to write")
@@ -70,7 +72,7 @@ def import_command(
         raise UserError(f"{output}: already exists; pass --overwrite to replace it")
     data, unmapped = import_ini(ini, output)
     validate(data, f"{ini} (converted)")
-    header = f"# Imported from {ini.name} by `flexunet config import`.\n"
+    header = f"# Imported from {one_line(ini.name)} by `flexunet config import`.\n"
     if unmapped:
         header += "# Not mapped:\n" + "".join(f"#   {k}: {why}\n" for k, why in unmapped)
     text = header + yaml.safe_dump(data, sort_keys=False)

@@ -101,8 +101,8 @@ def synthetic_command(
 
     ids = write_synthetic_dataset(output, cases, seed, size, slices, overwrite=overwrite)
     written = f"{len(ids)} cases ({ids[0]}..{ids[-1]})" if len(ids) > 1 else f"1 case ({ids[0]})"
-    console.print(f"wrote {written} to {output}", markup=False)
-    console.print(f"next: flexunet prepare msd --source {output} --output DATASET", markup=False)
+    console.print(f"wrote {written} to {output}")
+    console.print(f"next: flexunet prepare msd --source {output} --output DATASET")
 
 
 @app.command("stats")
@@ -146,4 +146,4 @@ def _print_statistics(stats: dict, folder: Path) -> None:
     if "tumor_free_slices_dropped" in stats:
         console.print(f"tumor-free slices dropped: {stats['tumor_free_slices_dropped']}")
     for problem in stats.get("skipped_cases", {}).values():
-        console.print(f"skipped: {problem}", markup=False)
+        console.print(f"skipped: {problem}")

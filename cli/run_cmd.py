@@ -38,7 +38,7 @@ def _start(config: Path, overrides: list[str] | None) -> Config:
 
 
 def _say(text: str) -> None:
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    console.print(text, highlight=False)
 
 
 @contextmanager
@@ -74,7 +74,7 @@ def train(
             with _warnings_as_lines():
                 result = run_training(cfg, resume=resume, overwrite=overwrite)
         except KeyboardInterrupt:
-            errors.print(_after_ctrl_c(run, config, overrides), markup=False, soft_wrap=True)
+            errors.print(_after_ctrl_c(run, config, overrides))
             raise
     state = result.state
     if not result.writes:

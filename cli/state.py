@@ -15,8 +15,10 @@ class Options:
 
 
 options = Options()
-console = Console()
-errors = Console(stderr=True)
+# The text printed holds file names and keys: no rich markup ("[" is a plain character), and
+# a line longer than the terminal is not broken (a path stays whole, for scripts).
+console = Console(markup=False, soft_wrap=True)
+errors = Console(stderr=True, markup=False, soft_wrap=True)
 
 
 def use_backend() -> str:
@@ -33,5 +35,4 @@ def one_line(text: str) -> str:
 
 def print_warning(message) -> None:
     """One 'warning: ...' line on stderr."""
-    errors.print(f"warning: {one_line(str(message))}", style="yellow", markup=False,
-                 soft_wrap=True)
+    errors.print(f"warning: {one_line(str(message))}", style="yellow")

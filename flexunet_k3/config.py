@@ -6,6 +6,7 @@ with `--set` are relative to the current directory.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Hashable
 from pathlib import Path
 from typing import Annotated, Literal
@@ -49,9 +50,16 @@ def _not_a_bool(value):
     return value
 
 
-def _no_nul(path: Path) -> Path:
+def _a_file_name(path: Path) -> Path:
+    """Refuse what no file system can name: a NUL, or text with no bytes for it (a lone
+    surrogate, as YAML's "\\ud800" escape writes one)."""
     if "\0" in str(path):
         raise ValueError("a path cannot hold a NUL character")
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"a path cannot hold {exc.object[exc.start]!r} (half of a UTF-16 "
+                         "pair, no character on its own)") from None
     return path
 
 
@@ -59,7 +67,7 @@ def _no_nul(path: Path) -> Path:
 # Section) and never booleans. Each field gives its range.
 Count = Annotated[int, Field(strict=True)]
 Real = Annotated[float, BeforeValidator(_not_a_bool)]
-Location = Annotated[Path, AfterValidator(_no_nul)]
+Location = Annotated[Path, AfterValidator(_a_file_name)]
 # Keras activations that suit hidden convolution layers.
 Activation = Literal[
     "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "swish", "mish",
@@ -382,7 +390,8 @@ class Config(Section):
 
     def resolve_paths(self, base: Path, from_cwd: set[str] = frozenset()) -> Config:
         """A copy whose relative paths are made absolute against `base`, or against the
-        current directory for the `section.key` names (or sections) in `from_cwd`."""
+        current directory for the `section.key` names (or whole sections) in `from_cwd`: those
+        given with --set. Defaults resolve against `base`, in a section --set created too."""
         data = self.model_dump()
         for section, values in data.items():
             for key, value in values.items():
@@ -448,23 +457,23 @@ def parse_override(text: str) -> tuple[list[str], object]:
     return keys, value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> set[str]:
+def apply_overrides(data: dict, overrides: list[str]) -> tuple[set[str], set[str]]:
     """Set each `section.key=value` in a raw config mapping (before validation); the dotted
-    keys the overrides own: those they set and the sections they created."""
-    owned = set()
+    keys the overrides set, and the sections they created."""
+    keys_set, created = set(), set()
     for text in overrides:
         keys, value = parse_override(text)
         node = data
         for depth, key in enumerate(keys[:-1], start=1):
             if node.get(key) is None:  # absent, or empty in the file (`data:`)
                 node[key] = {}
-                owned.add(".".join(keys[:depth]))
+                created.add(".".join(keys[:depth]))
             if not isinstance(node[key], dict):
                 raise UserError(f"--set {text!r}: {key} is not a section")
             node = node[key]
         node[keys[-1]] = value
-        owned.add(".".join(keys))
-    return owned
+        keys_set.add(".".join(keys))
+    return keys_set, created
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -527,6 +536,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read, override, validate and resolve a YAML config file."""
     path = Path(path)
     data = read_yaml(path)
-    overridden = apply_overrides(data, overrides or [])
-    config = validate(data, str(path), overridden)
-    return config.resolve_paths(path.resolve().parent, from_cwd=overridden)
+    keys_set, created = apply_overrides(data, overrides or [])
+    config = validate(data, str(path), keys_set | created)
+    return config.resolve_paths(path.resolve().parent, from_cwd=keys_set)

@@ -283,6 +283,8 @@ CASES = [
     # the original's INI config
     Case("ini-missing", IMP, ("a.config",)),
     Case("ini-folder", IMP, ("a.config",), folder("a.config")),
+    Case("ini-root-folder", ["config", "import", "/"], ("/: is a folder",)),
+    Case("ini-missing-output-exists", IMP, ("a.config: not found",), text("a.yaml", "mine: 1\n")),
     Case("ini-garbage", IMP, ("a.config",), text("a.config", "this is not an ini file\n")),
     Case("ini-bad-literal", IMP, ("a.config", "image_width"),
          text("a.config", "[model]\nimage_width = 5 +\n")),
@@ -478,6 +480,8 @@ CASES = [
     # usage
     Case("unknown-command", ["fly"], ("fly",)),
     Case("unknown-option", ["config", "validate", "--colour"], ("--colour",)),
+    Case("option-without-value", ["config", "validate", "{t}/config.yaml", "--set"],
+         ("Option '--set' requires an argument",), config()),
     Case("infer-images-and-volumes", ["infer", "--config", "{t}/config.yaml", "--images", "{t}",
                                       "--volumes", "{t}"], ("--images and --volumes",), config()),
     Case("infer-bad-split", ["infer", "--config", "{t}/config.yaml", "--split", "train"],

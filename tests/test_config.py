@@ -51,6 +51,12 @@ def test_relative_paths_given_with_set_resolve_against_the_current_folder(tmp_pa
     cfg = load_config(path, ["train.output_dir=runs/b"])
     assert cfg.train.output_dir == tmp_path / "runs" / "b"
     assert cfg.data.dataset == tmp_path / "configs" / "ds"
+    bare = write(tmp_path / "configs", "model: {num_layers: 3}\n", "bare.yaml")  # no train section
+    created = load_config(bare, ["train.epochs=3"])  # --set creates it; its defaults stay put
+    assert created.train.output_dir == load_config(bare).train.output_dir
+    assert created.train.output_dir.parent == tmp_path / "configs" / "runs"
+    whole = load_config(bare, ["train={output_dir: runs/c}"])
+    assert whole.train.output_dir == tmp_path / "runs" / "c"
 
 
 @pytest.mark.parametrize(

@@ -72,6 +72,7 @@ def refused(path, overrides=()) -> str:
         ("augment: {rotation_angles: [10, .inf]}", "augment.rotation_angles.1: Input should be a"),
         ("augment: {elastic_sigma: 1.0e+9}", "augment.elastic_sigma: Input should be less than"),
         ("data: {dataset: \"a\\0b\"}", "data.dataset: a path cannot hold a NUL character"),
+        ("data: {dataset: \"a\\ud800\"}", "data.dataset: a path cannot hold '\\ud800'"),
         (
             "data: {classes: [{name: a, color: [0, 0, 0]}, {name: b, color: [0, 0, 0]}]}",
             "data.classes: classes 0 and 1 share the color (0, 0, 0); give each class its own",

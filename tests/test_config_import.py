@@ -189,3 +189,17 @@ def test_one_unmapped_key_is_singular(tmp_path):
     done = flexunet("config", "import", str(ini))
     assert done.returncode == 0, done.stderr
     assert "1 key not mapped" in done.stderr and "1 keys" not in done.stderr
+
+
+def test_names_and_keys_are_written_as_they_are(tmp_path):
+    """A "[" in a path or key is text, not rich markup; a line break in the INI's name cannot
+    add YAML to the header comment."""
+    folder = tmp_path / "exp[v2]"
+    folder.mkdir()
+    ini, output = folder / "nl\ntrain: {epochs: 7}\n#x.config", folder / "out.yaml"
+    ini.write_text(GOOD_INI.replace("[model]\n", "[model]\na[/b] = 1\n"))
+    done = flexunet("config", "import", str(ini), "-o", str(output))
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {output}" in done.stdout and "a[/b]" in done.stderr
+    assert load_config(output).train.epochs == Config().train.epochs
+    assert flexunet("config", "validate", str(output)).stdout.startswith(f"{output}: valid")
