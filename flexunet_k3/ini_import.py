@@ -96,8 +96,19 @@ def _set(target: dict, dotted: str, value) -> None:
 
 
 def _classes(rgb_map) -> list[dict]:
+    """data.classes from the original's {(r, g, b): class_id}: ids 0..n-1, one color each."""
     if not isinstance(rgb_map, dict):
         raise ValueError("expected a dict {(r, g, b): class_id, ...}")
+    ids = list(rgb_map.values())
+    if not all(type(class_id) is int for class_id in ids):
+        raise ValueError(f"class ids {ids} must be whole numbers")
+    for class_id in sorted(set(ids)):
+        if ids.count(class_id) > 1:
+            raise ValueError(f"class {class_id} has {ids.count(class_id)} colors; flexunet-k3 "
+                             "takes one color per class (data.classes): keep one, and recolor "
+                             "the masks that use the others")
+    if sorted(ids) != list(range(len(ids))):
+        raise ValueError(f"class ids {sorted(ids)} must be 0..{len(ids) - 1}, each once")
     classes = []
     for color, class_id in sorted(rgb_map.items(), key=lambda item: item[1]):
         name = "background" if class_id == 0 else f"class{class_id}"

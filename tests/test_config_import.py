@@ -1,6 +1,7 @@
 """`flexunet config import`: the original's INI mapped to a config; bad input (no keras)."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,19 @@ def test_names_and_keys_are_written_as_they_are(tmp_path):
     assert f"wrote {output}" in done.stdout and "a[/b]" in done.stderr
     assert load_config(output).train.epochs == Config().train.epochs
     assert flexunet("config", "validate", str(output)).stdout.startswith(f"{output}: valid")
+
+
+@pytest.mark.parametrize(
+    "rgb_map, message",
+    [
+        ("{(0,0,0):0, (9,9,9):2, (8,8,8):3}", "class ids [0, 2, 3] must be 0..2, each once"),
+        ("{(0,0,0):0, (9,9,9):1.5}", "class ids [0, 1.5] must be whole numbers"),
+        ("{(0,0,0):0, (9,9,9):True}", "class ids [0, True] must be whole numbers"),
+        ("{(0,0,0):0, (1,1,1):0, (9,9,9):1}", "class 0 has 2 colors; flexunet-k3 takes one"),
+    ],
+)
+def test_rgb_map_class_ids_are_0_to_n_minus_1_with_one_color_each(tmp_path, rgb_map, message):
+    ini = tmp_path / "x.config"
+    ini.write_text(f"[mask]\nrgb_map = {rgb_map}\n")
+    with pytest.raises(UserError, match=rf"\[mask\] rgb_map = .*: {re.escape(message)}"):
+        import_ini(ini, tmp_path / "x.yaml")
