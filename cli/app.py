@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -15,7 +14,7 @@ from flexunet_k3 import __version__, progress
 from flexunet_k3.errors import UserError, first_line
 
 from . import benchmark_cmd, config_cmd, prepare_cmd, run_cmd
-from .state import console, errors, one_line, options, use_backend
+from .state import ConfigOption, Overrides, console, errors, one_line, options, use_backend
 
 app = typer.Typer(
     name="flexunet",
@@ -59,18 +58,11 @@ def main_options(
         use_backend()
 
 
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="A YAML run config.")]
-Overrides = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a value: section.key=value (repeatable)."),
-]
-
-
 @app.command()
 def info() -> None:
-    """The backend in use, versions of keras and each backend, the devices seen, this
-    process's place among data-parallel processes, and what `train.precision: auto` means
-    here."""
+    """The backend in use, versions, devices, and what `train.precision: auto` picks here.
+
+    Also this process's place among data-parallel processes."""
     backend = use_backend()
     from flexunet_k3.backend import devices, processes, versions
     from flexunet_k3.precision import resolve_precision, this_machine

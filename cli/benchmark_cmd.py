@@ -27,7 +27,7 @@ from flexunet_k3.config import MAX_BATCH_SIZE, load_config
 from flexunet_k3.errors import UserError, is_count
 from flexunet_k3.files import check_output_folder, refuse_non_files, write_json
 
-from .state import console
+from .state import ConfigOption, Overrides, console
 
 
 def _split(text: str) -> list[str]:
@@ -108,7 +108,7 @@ def _device_counts(text: str, batch: int) -> list[int]:
 
 
 def benchmark(
-    config: Annotated[Path, typer.Option("--config", "-c", help="A YAML run config.")],
+    config: ConfigOption,
     backends: Annotated[str, typer.Option(
         help="Comma-separated backends, or all: " + ", ".join(BACKENDS) + "."
     )] = "all",
@@ -137,9 +137,7 @@ def benchmark(
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Write the rows as JSON.")
     ] = None,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a value: section.key=value.")
-    ] = None,
+    overrides: Overrides = None,
 ) -> None:
     """Training and inference images/s, step times, FLOPs and memory per backend/precision/jit."""
     cfg = load_config(config, overrides)

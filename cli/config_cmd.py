@@ -16,15 +16,11 @@ from flexunet_k3.errors import UserError, plural
 from flexunet_k3.files import describe, write_text
 from flexunet_k3.ini_import import import_ini
 
-from .state import console, errors, one_line
+from .state import Overrides, console, errors, one_line
 
 app = typer.Typer(help="Validate, show, export the schema of, or import run configs.")
 
 ConfigFile = Annotated[Path, typer.Argument(help="A YAML run config.", show_default=False)]
-Overrides = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a value: section.key=value (repeatable)."),
-]
 
 
 @app.command("validate")

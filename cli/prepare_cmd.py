@@ -109,8 +109,9 @@ def synthetic_command(
 def stats_command(
     folder: Annotated[Path, typer.Argument(help="A dataset folder (train|valid|test/...).")],
 ) -> None:
-    """Recount a dataset folder; rewrite its statistics.json and statistics.png (refused where
-    flexunet did not write them)."""
+    """Recount a dataset folder; rewrite its statistics.json and statistics.png.
+
+    Refused where flexunet did not write them."""
     from flexunet_k3.data.statistics import update_statistics
 
     _print_statistics(update_statistics(folder), folder)

@@ -21,13 +21,15 @@ from flexunet_k3.files import refuse_overwriting
 from flexunet_k3.interrupt import deferred
 from flexunet_k3.run_folder import EVALUATION_FILES, RunFolder
 
-from .state import console, errors, options, print_warning, use_backend
-
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="A YAML run config.")]
-Overrides = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a value: section.key=value (repeatable)."),
-]
+from .state import (
+    ConfigOption,
+    Overrides,
+    console,
+    errors,
+    options,
+    print_warning,
+    use_backend,
+)
 
 
 def _start(config: Path, overrides: list[str] | None) -> Config:
@@ -163,8 +165,9 @@ def evaluate(
     ] = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """Score models/best.keras on the test split, existing masks against ground truth, or
-    whole volumes (--volumes)."""
+    """Score models/best.keras on the test split, masks against ground truth, or volumes.
+
+    Whole volumes with --volumes: the held-out patients, or label files against --labels."""
     if volumes is not None or labels is not None:
         _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, output,
                           overwrite)
@@ -285,12 +288,14 @@ def infer(
     ] = None,
     overlay: Annotated[
         bool | None,
-        typer.Option("--overlay/--no-overlay", help="Also write overlays and a mosaic."),
+        typer.Option("--overlay/--no-overlay", help="Also write overlays and a mosaic.",
+                     show_default="infer.overlay"),
     ] = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """Segment a folder of images (palette PNG masks named like them) or CT volumes (label
-    NIfTIs over them) with models/best.keras."""
+    """Segment a folder of images or CT volumes with models/best.keras.
+
+    Images get palette PNG masks named like them; volumes get label NIfTIs on their grid."""
     if volumes is not None or split is not None:
         _infer_volumes(config, overrides, volumes, split, images, probabilities, output,
                        overwrite)

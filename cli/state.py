@@ -1,9 +1,13 @@
-"""Options shared by all commands, and the console they print to."""
+"""Options shared by all commands, the command-line options they declare alike, and the
+console they print to."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
 
+import typer
 from rich.console import Console
 
 
@@ -15,6 +19,11 @@ class Options:
 
 
 options = Options()
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="A YAML run config.")]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a value: section.key=value (repeatable)."),
+]
 # The text printed holds file names and keys: no rich markup ("[" is a plain character), and
 # a line longer than the terminal is not broken (a path stays whole, for scripts).
 console = Console(markup=False, soft_wrap=True)
