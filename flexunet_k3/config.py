@@ -7,6 +7,7 @@ with `--set` are relative to the current directory.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Collection, Hashable
 from pathlib import Path
 from typing import Annotated, Literal
@@ -478,11 +479,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> tuple[set[str], set[str
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader (plain types only, as `yaml.safe_load`), refusing a key given twice
-    in one mapping (it keeps the last)."""
+    in one mapping (it keeps the last). Merged keys (`<<: *defaults`) may be given again."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # the base class merges it, its keys giving way to the node's own
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, Hashable):
                 continue  # SafeLoader refuses it below
@@ -494,15 +497,37 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def _construct_int(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> int:
+    """An integer, refused where YAML 1.1 (PyYAML) and YAML 1.2 read it differently: a
+    leading zero (010 is 8 in 1.1, 10 in 1.2) or base 60 (1:30 is 90 in 1.1, text in 1.2)."""
+    text = loader.construct_scalar(node).replace("_", "")
+    if ":" in text or re.fullmatch(r"[-+]?0[0-9]+", text):
+        raise yaml.constructor.ConstructorError(
+            problem=f"{text!r} is an octal or base-60 number in YAML 1.1; write it without "
+            "leading zeros or colons, or quote it", problem_mark=node.start_mark)
+    return loader.construct_yaml_int(node)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
 def _parse_yaml(text: str):
     """YAML text as plain values, or a ValueError with a one-line reason."""
     try:
         return yaml.load(text, _UniqueKeyLoader)  # a yaml.SafeLoader
+    except yaml.reader.ReaderError as exc:
+        # exc.character: the code point
+        hint = "; UTF-16 or UTF-32 without a byte-order mark? save it as UTF-8" * (
+            exc.character == 0)
+        raise ValueError(f"not valid YAML: character #x{exc.character:04x} at position "
+                         f"{exc.position}: {exc.reason}{hint}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ValueError(f"not valid YAML{where}: {problem}") from None
+        context, problem = getattr(exc, "context", None), getattr(exc, "problem", None)
+        if context and problem:
+            problem = f"{context}{' ' if problem.startswith('but ') else ': '}{problem}"
+        raise ValueError(f"not valid YAML{where}: {problem or context or exc}") from None
     except RecursionError:
         raise ValueError("not valid YAML: nested too deeply") from None
     except (ValueError, LookupError, AttributeError, TypeError) as exc:

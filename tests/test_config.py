@@ -85,6 +85,11 @@ def test_relative_paths_given_with_set_resolve_against_the_current_folder(tmp_pa
         ("- a\n- b\n", "expected a mapping of sections"),
         ("model: [\n", "not valid YAML (line 2)"),
         ("train:\n  epochs: 3\ntrain:\n  seed: 1\n", "(line 3): duplicate key 'train'"),
+        ("train: {epochs: 010}\n", "'010' is an octal or base-60 number in YAML 1.1; write it"),
+        ("train: {epochs: 1:30}\n", "'1:30' is an octal or base-60 number"),
+        ("a: 1\n---\nb: 2\n", "expected a single document in the stream but found another"),
+        ("model:\n  name: [a\n", "while parsing a flow sequence: expected ',' or ']'"),
+        ("train:\0\n", "character #x0000 at position 6: special characters are not allowed"),
         ("train: !!python/object/apply:os.getcwd []\n", "could not determine a constructor"),
     ],
 )
@@ -95,6 +100,13 @@ def test_bad_configs_name_file_and_key(tmp_path, text, expected):
     message = str(info.value)
     assert message.startswith(str(path)) and expected in message
     assert "\n" not in message
+
+
+def test_merge_keys_merge_and_give_way_to_the_mappings_own(tmp_path):
+    path = write(tmp_path, "train:\n  <<: {epochs: 3, batch_size: 2}\n  epochs: 4\n")
+    cfg = load_config(path)
+    assert (cfg.train.epochs, cfg.train.batch_size) == (4, 2)
+    assert load_config(write(tmp_path, "train: {epochs: 0x10}\n")).train.epochs == 16
 
 
 def test_missing_config_file(tmp_path):
