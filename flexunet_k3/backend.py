@@ -27,9 +27,14 @@ def select_backend(name: str | None = None) -> str:
 
     Must run before the first `import keras` in this process.
     """
-    chosen = name or os.environ.get("KERAS_BACKEND") or "tensorflow"
+    from_environment = name is None and bool(os.environ.get("KERAS_BACKEND"))
+    if from_environment:
+        chosen = os.environ["KERAS_BACKEND"]
+    else:
+        chosen = "tensorflow" if name is None else name
     if chosen not in BACKENDS:
-        raise UserError(f"unknown backend {chosen!r}: choose one of {', '.join(BACKENDS)}")
+        where = " (KERAS_BACKEND)" if from_environment else ""
+        raise UserError(f"unknown backend {chosen!r}{where}: choose one of {', '.join(BACKENDS)}")
     cpu_devices = cpu_device_count()
     if "keras" in sys.modules:
         import keras

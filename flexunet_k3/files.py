@@ -37,6 +37,10 @@ def replacing(path: Path) -> Iterator[Path]:
     try:
         yield temporary
         os.replace(temporary, path)
+    except OSError as exc:
+        if exc.filename == str(temporary):  # name the file asked for (the folder is read-only)
+            exc.filename = str(path)
+        raise
     finally:
         temporary.unlink(missing_ok=True)
 

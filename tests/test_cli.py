@@ -34,8 +34,13 @@ def test_help_and_version():
     assert flexunet("--version").stdout.strip().startswith("flexunet-k3 ")
 
 
-def test_unknown_backend_is_one_line():
+def test_unknown_backend_is_one_line(monkeypatch):
     assert_one_line_error(flexunet("--backend", "mxnet", "info"), "unknown backend 'mxnet'")
+    with pytest.raises(UserError, match=r"^unknown backend '': choose one of"):
+        backend_module.select_backend("")  # `--backend ""`, not the default
+    monkeypatch.setenv("KERAS_BACKEND", "bogus")
+    with pytest.raises(UserError, match=r"^unknown backend 'bogus' \(KERAS_BACKEND\): choose"):
+        backend_module.select_backend()
 
 
 def test_backend_not_installed_is_one_line(monkeypatch):

@@ -58,13 +58,14 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     ini = tmp_path / "x.config"
     ini.write_text(GOOD_INI)
 
-    def fail(*_):
-        raise OSError(28, "No space left on device")
+    def fail(temporary, _):
+        raise OSError(28, "No space left on device", str(temporary))
 
     monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="No space left") as caught:
         import_command(ini, tmp_path / "x.yaml", overwrite=False)
     assert os.listdir(tmp_path) == ["x.config"]
+    assert caught.value.filename == str(tmp_path / "x.yaml")  # not the temporary file's name
 
 
 OTHER_PROJECT_INI = """\
