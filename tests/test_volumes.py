@@ -114,6 +114,20 @@ def test_ground_truth_round_trips_exactly_without_resize(tmp_path, kind):
     assert ((tumor > 0.5) == (labels > 0)).all()
 
 
+def test_a_nifti2_source_or_unit_codes_nibabel_lacks_are_written_back(tmp_path):
+    """A NIfTI-2 source with an axis longer than NIfTI-1 holds gives a NIfTI-2 label map; an
+    xyzt_units code nibabel has no name for is copied as it is."""
+    labels = np.zeros((40000, 2, 2), np.uint8)
+    image = nib.Nifti2Image(np.full(labels.shape, -1000, np.int16), affine("RAS"))
+    image.header["xyzt_units"] = 0x7F
+    source = Volume(image.get_fdata(), image.affine, image.header, "long")
+    [written] = infer_volumes(threshold_model(32), config(32), [VolumeInput("long", lambda:
+                              source)], tmp_path, window=WINDOW).written
+    back = nib.load(tmp_path / written)
+    assert isinstance(back, nib.Nifti2Image) and back.shape == labels.shape
+    assert int(back.header["xyzt_units"]) == 0x7F and not np.asanyarray(back.dataobj).any()
+
+
 @pytest.mark.parametrize("kind", ["RAS", "LPS", "oblique"])
 def test_ground_truth_round_trips_through_a_resize(kind):
     labels = blobs((96, 80, 5), seed=2)  # in-plane 96x80 -> the model's 64x64 -> back

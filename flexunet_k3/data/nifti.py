@@ -179,9 +179,11 @@ def write_volume(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
 def write_like(path: Path, data: np.ndarray, source: Volume, scale: float | None = None) -> None:
     """Write `data` (the source's voxel grid, any trailing axes) with the source's affine, qform
     and sform, so a viewer lays it over the source; `scale` is stored as scl_slope (uint8
-    probabilities 0..255 read back as 0..1)."""
-    image = nib.Nifti1Image(data, source.affine)
-    image.header.set_xyzt_units(*source.header.get_xyzt_units())
+    probabilities 0..255 read back as 0..1). A NIfTI-2 source gives a NIfTI-2 file (its axes
+    may be longer than NIfTI-1 can hold)."""
+    kind = nib.Nifti2Image if isinstance(source.header, nib.Nifti2Header) else nib.Nifti1Image
+    image = kind(data, source.affine)
+    image.header["xyzt_units"] = source.header["xyzt_units"]  # as stored, a code nibabel lacks too
     for getter, setter in (("get_qform", image.set_qform), ("get_sform", image.set_sform)):
         affine, code = getattr(source.header, getter)(coded=True)
         setter(source.affine if affine is None else affine, code=int(code))
