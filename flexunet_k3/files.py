@@ -83,9 +83,10 @@ def check_output_folder(output: Path, folders: Sequence[str] = ()) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically."""
+    """Write a text file atomically, as UTF-8; a file name that is not UTF-8 (Python holds its
+    bytes as surrogates) is written as the bytes it has on disk."""
     with replacing(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
+        temporary.write_text(text, encoding="utf-8", errors="surrogateescape")
 
 
 def write_json(path: Path, data) -> None:

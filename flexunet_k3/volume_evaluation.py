@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from flexunet_k3.config import Config
-from flexunet_k3.data.nifti import Volume, check_class_ids
+from flexunet_k3.data.nifti import Volume, check_class_ids, check_same_grid
 from flexunet_k3.errors import UserError, listing, plural
 from flexunet_k3.evaluation import csv_text
 from flexunet_k3.files import write_json, write_text
@@ -25,7 +25,6 @@ from flexunet_k3.volume_scores import score_volume, summarize
 
 SCORES = ("dice", "iou", "precision", "recall", "hd95", "surface_dice")
 REPORT_FILES = ("evaluation_volumes.csv", "evaluation_volumes.json")
-AFFINE_TOLERANCE = 1e-4  # mm
 
 
 @dataclass
@@ -36,23 +35,8 @@ class VolumeReport:
 
 def label_map(volume: Volume, classes: int, role: str) -> np.ndarray:
     """The volume's voxels as class ids 0..classes-1; refused if any voxel is no class."""
-    check_class_ids(volume, role)
-    data = volume.data
-    low, high = data.min(), data.max()
-    if high >= classes:
-        raise UserError(f"{volume.where}: {role} holds values {low:g}..{high:g} but the classes "
-                        f"are 0..{classes - 1}; give a label map of class ids (data.classes)")
-    return data.astype(np.uint8)
-
-
-def check_same_grid(label: Volume, other: Volume, fix: str) -> None:
-    """Refuse a label whose voxel grid (shape or affine) is not `other`'s; `fix` says what to do."""
-    if label.data.shape != other.data.shape:
-        raise UserError(f"{label.where}: shape {label.data.shape} but {other.where} has "
-                        f"{other.data.shape}; {fix}")
-    if not np.allclose(label.affine, other.affine, rtol=0, atol=AFFINE_TOLERANCE):
-        raise UserError(f"{label.where}: its affine differs from {other.where}'s, so they do "
-                        f"not lie on the same voxel grid; {fix}")
+    check_class_ids(volume, role, classes)
+    return volume.data.astype(np.uint8)
 
 
 def score_case(name: str, prediction: np.ndarray, truth: Volume, class_names: Sequence[str],

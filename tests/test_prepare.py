@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import tarfile
@@ -213,6 +214,41 @@ def test_shape_mismatch_skipped_with_warning_or_strict_error(small_task, tmp_pat
     with pytest.raises(UserError, match="case 002"):
         prepare_small(task, tmp_path / "strict", strict=True)
     assert not (tmp_path / "strict").exists()
+
+
+def test_label_off_its_images_grid_skipped_with_warning(small_task, tmp_path):
+    task = shutil.copytree(small_task, tmp_path / "task")
+    path = task / "labelsTr" / "lung_002.nii.gz"
+    label = nib.load(path)
+    moved = label.affine.copy()
+    moved[0, 3] += 50  # the same voxels, 50 mm to the side
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj), moved), path)
+    with pytest.warns(UserWarning, match=r"case 002: .*lung_002\.nii\.gz: its affine differs"):
+        stats = prepare_small(task, tmp_path / "out")
+    assert list(stats["skipped_cases"]) == ["002"]
+
+
+def test_label_values_other_than_0_and_1_stop_the_run(small_task, tmp_path):
+    task = shutil.copytree(small_task, tmp_path / "task")
+    path = task / "labelsTr" / "lung_002.nii.gz"
+    label = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj) * 3, label.affine), path)
+    with pytest.raises(UserError, match=r"lung_002\.nii\.gz: the label \(0 background, 1 tumor\) "
+                       r"holds values 0..3 but the classes are 0..1"):
+        prepare_small(task, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_case_name_that_is_not_utf8(small_task, tmp_path):
+    task = shutil.copytree(small_task, tmp_path / "task")
+    name = os.fsdecode(b"lung_\xe4.nii.gz")  # no digits: the case id is the stem, lung-\xe4
+    meta = json.loads((task / "dataset.json").read_text())
+    for kind, key in (("imagesTr", "image"), ("labelsTr", "label")):
+        (task / kind / "lung_002.nii.gz").rename(task / kind / name)
+        meta["training"][1][key] = f"./{kind}/{name}"
+    (task / "dataset.json").write_text(json.dumps(meta))
+    prepare_small(task, tmp_path / "out")
+    assert list((tmp_path / "out").rglob(os.fsdecode(b"lung-\xe4_*.png")))
 
 
 def test_degenerate_affine_skipped_with_warning_or_strict_error(small_task, tmp_path):

@@ -1,6 +1,7 @@
 """Volume inference and whole-volume evaluation: NIfTI in, NIfTI out on the source's grid."""
 
 import json
+import os
 import tarfile
 import warnings
 
@@ -21,7 +22,11 @@ from flexunet_k3.data.nifti import (
 from flexunet_k3.data.synthetic import write_synthetic_dataset
 from flexunet_k3.errors import UserError
 from flexunet_k3.inference import predict_probabilities
-from flexunet_k3.volume_evaluation import evaluate_held_out, evaluate_volume_files
+from flexunet_k3.volume_evaluation import (
+    evaluate_held_out,
+    evaluate_volume_files,
+    write_volume_report,
+)
 from flexunet_k3.volume_inference import (
     VolumeInput,
     held_out_volumes,
@@ -188,6 +193,18 @@ def test_score_files_against_labels_and_refuse_mismatches(tmp_path):
     write_nifti(tmp_path / "gt" / "a.nii.gz", truth * 3)
     with pytest.raises(UserError, match="values 0..3 but the classes are 0..1"):
         evaluate_volume_files(tmp_path / "pred", tmp_path / "gt", ["bg", "tumor"], 1.0)
+
+
+def test_volume_names_that_are_not_utf8_are_scored_and_written(tmp_path):
+    name = os.fsdecode(b"ok\xe9.nii.gz")  # Latin-1 on disk: surrogates in Python
+    truth = blobs((20, 20, 6), seed=3)
+    for folder in ("pred", "gt"):
+        (tmp_path / folder).mkdir()
+        write_nifti(tmp_path / folder / name, truth)
+    report = evaluate_volume_files(tmp_path / "pred", tmp_path / "gt", ["bg", "tumor"], 1.0)
+    write_volume_report(report, tmp_path / "out")
+    written = (tmp_path / "out" / "evaluation_volumes.csv").read_bytes()
+    assert b"\nok\xe9,tumor,196,196,196,1.000000," in written
 
 
 def test_held_out_patients_from_the_recorded_split(tmp_path):

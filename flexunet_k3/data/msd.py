@@ -47,6 +47,7 @@ from .nifti import (
     MAX_VOXELS,
     Volume,
     check_class_ids,
+    check_same_grid,
     display_slice,
     has_patient_axes,
     to_display,
@@ -152,8 +153,9 @@ def prepare_msd(
     (images bilinear, masks nearest, masks 0/255), tumor-free slices dropped (`keep_empty`
     keeps that seeded share of them), cases split 70/15/15 by patient with `seed` (each split
     gets a case when there are 3 or more), 10 test slices copied to mini_test, `workers` =
-    min(4, CPUs) processes. A case whose image and label shapes differ, or with a degenerate
-    affine, is skipped with a warning, or stops the run when `strict`. An output that holds a
+    min(4, CPUs) processes. A case whose label does not lie on its image's voxel grid (shape or
+    affine), or with a degenerate affine, is skipped with a warning, or stops the run when
+    `strict`; a label of values other than 0 and 1 stops it. An output that holds a
     dataset is refused unless `overwrite`, which replaces only the files and folders this
     wrote (those its manifest.json lists), never any other. Returns the statistics written to
     statistics.json.
@@ -239,13 +241,7 @@ def convert_case(job: CaseJob) -> CaseResult:
     """Write the kept slices of one case as 8-bit PNG pairs in `job.folder/images|masks`."""
     image = read_task_volume(job.source, job.image)
     label = read_task_volume(job.source, job.label)
-    check_class_ids(label, "the label")
-    if image.data.shape != label.data.shape:
-        return CaseResult(
-            job.case,
-            problem=f"case {job.case}: image {image.where} has shape "
-            f"{image.data.shape} but its label has {label.data.shape}",
-        )
+    check_class_ids(label, "the label (0 background, 1 tumor)", classes=2)
     for volume in (image, label):
         if not has_patient_axes(volume.affine):
             return CaseResult(
@@ -253,11 +249,15 @@ def convert_case(job: CaseJob) -> CaseResult:
                 problem=f"case {job.case}: {volume.where} has a degenerate affine "
                 "(its voxel axes do not point along three distinct patient axes)",
             )
+    try:
+        check_same_grid(label, image, "a label must lie on its image's voxel grid")
+    except UserError as exc:
+        return CaseResult(job.case, problem=f"case {job.case}: {exc}")
     display = to_display(image.data, image.affine)
     mask = to_display(label.data, label.affine) > 0
     tumor = mask.any(axis=(0, 1))
     empty = np.flatnonzero(~tumor)
-    rng = np.random.default_rng([job.seed, zlib.crc32(job.case.encode())])
+    rng = np.random.default_rng([job.seed, zlib.crc32(os.fsencode(job.case))])
     kept = rng.choice(empty, size=round(job.keep_empty * len(empty)), replace=False)
     chosen = np.union1d(np.flatnonzero(tumor), kept)
     for kind in ("images", "masks"):

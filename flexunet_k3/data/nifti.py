@@ -29,6 +29,7 @@ from ..errors import UserError, plural
 from ..files import describe
 
 SUFFIXES = (".nii.gz", ".nii")
+AFFINE_TOLERANCE = 1e-4  # mm: two affines closer than this put voxels in the same places
 MAX_VOXELS = 2**30  # 512 x 512 x 4096; a header claiming more is refused before reading
 # The largest volume file read whole (an archive's member): MAX_VOXELS voxels of 8 bytes, not
 # compressed, and a header with its extensions (16 MiB: more than any has, and than gzip adds)
@@ -155,16 +156,30 @@ def _check_finite(data: np.ndarray, where: str) -> None:
                             f"{data.size}); replace them with numbers (air is -1024 HU)")
 
 
-def check_class_ids(volume: Volume, role: str) -> None:
+def check_class_ids(volume: Volume, role: str, classes: int) -> None:
     """Refuse a label volume (`role`: "the label", for messages) with a voxel that is no class
-    id: negative, or not a whole number."""
+    id 0..classes-1: negative, not a whole number, or too large."""
     data = volume.data
     if data.dtype.kind == "f" and (data != np.round(data)).any():
         raise UserError(f"{volume.where}: {role} holds values that are not whole numbers; "
                         "give a label map of class ids")
-    if data.min() < 0:
-        raise UserError(f"{volume.where}: {role} holds negative values (down to {data.min():g}); "
+    low, high = data.min(), data.max()
+    if low < 0:
+        raise UserError(f"{volume.where}: {role} holds negative values (down to {low:g}); "
                         "give a label map of class ids")
+    if high >= classes:
+        raise UserError(f"{volume.where}: {role} holds values {low:g}..{high:g} but the classes "
+                        f"are 0..{classes - 1}; give a label map of class ids")
+
+
+def check_same_grid(label: Volume, other: Volume, fix: str) -> None:
+    """Refuse a label whose voxel grid (shape or affine) is not `other`'s; `fix` says what to do."""
+    if label.data.shape != other.data.shape:
+        raise UserError(f"{label.where}: shape {label.data.shape} but {other.where} has "
+                        f"{other.data.shape}; {fix}")
+    if not np.allclose(label.affine, other.affine, rtol=0, atol=AFFINE_TOLERANCE):
+        raise UserError(f"{label.where}: its affine differs from {other.where}'s, so they do "
+                        f"not lie on the same voxel grid; {fix}")
 
 
 def write_volume(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
