@@ -17,7 +17,7 @@ from rich.table import Table
 
 from flexunet_k3.config import Config, load_config
 from flexunet_k3.errors import UserError, plural
-from flexunet_k3.files import refuse_overwriting
+from flexunet_k3.files import check_output_folder, refuse_overwriting
 from flexunet_k3.interrupt import deferred
 from flexunet_k3.run_folder import EVALUATION_FILES, RunFolder
 
@@ -161,7 +161,7 @@ def evaluate(
     output: Annotated[
         Path | None,
         typer.Option(help="Folder for evaluation.*.",
-                     show_default="the run folder, or PREDICTIONS/evaluation"),
+                     show_default="the run folder, or evaluation/ beside the predictions"),
     ] = None,
     overwrite: Overwrite = False,
 ) -> None:
@@ -224,9 +224,12 @@ def _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, 
             raise UserError("--volumes PRED needs --labels GT (the ground-truth label NIfTIs); "
                             "or give --volumes alone with --config to score the trained model")
         cfg = load_config(config, overrides) if config is not None else Config()
-        folder = output or Path(volumes) / "evaluation"
+        predictions = Path(volumes)
+        beside = predictions if predictions.is_dir() else predictions.parent
+        folder = output or beside / "evaluation"
+        check_output_folder(folder)
         refuse_overwriting(folder, ve.REPORT_FILES, overwrite)
-        report = ve.evaluate_volume_files(Path(volumes), labels,
+        report = ve.evaluate_volume_files(predictions, labels,
                                           [spec.name for spec in cfg.data.classes], tolerance_mm)
         ve.write_volume_report(report, folder)
     else:

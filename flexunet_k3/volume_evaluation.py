@@ -20,7 +20,12 @@ from flexunet_k3.errors import UserError, listing, plural
 from flexunet_k3.evaluation import csv_text
 from flexunet_k3.files import write_json, write_text
 from flexunet_k3.progress import track
-from flexunet_k3.volume_inference import VolumeInput, segment_volume, volumes_at
+from flexunet_k3.volume_inference import (
+    PROBABILITIES_SUFFIX,
+    VolumeInput,
+    segment_volume,
+    volumes_at,
+)
 from flexunet_k3.volume_scores import score_volume, summarize
 
 SCORES = ("dice", "iou", "precision", "recall", "hd95", "surface_dice")
@@ -52,9 +57,11 @@ def score_case(name: str, prediction: np.ndarray, truth: Volume, class_names: Se
 
 def evaluate_volume_files(predictions: Path, labels: Path, class_names: Sequence[str],
                           tolerance_mm: float) -> VolumeReport:
-    """Score label NIfTIs (a file or folder) against ground truth paired by name."""
-    truths = {item.name: item for item in volumes_at(labels)}
-    found = volumes_at(predictions)
+    """Score label NIfTIs (a file or folder) against ground truth paired by name; the
+    probabilities `infer --probabilities` wrote beside them are passed over."""
+    truths = {item.name: item for item in volumes_at(labels, tasks=False)}
+    found = [item for item in volumes_at(predictions, tasks=False)
+             if not item.name.endswith(PROBABILITIES_SUFFIX) or item.name in truths]
     missing = [item.name for item in found if item.name not in truths]
     if missing:
         raise UserError(f"{labels}: no label for {listing(missing)}; labels pair with "

@@ -47,9 +47,9 @@ class VolumeInput:
     path: Path | None = None  # the file read, where it is one (not inside an archive)
 
 
-def volumes_at(path: Path) -> list[VolumeInput]:
-    """The volumes to segment at `path`: a .nii/.nii.gz file, a folder of them, or a
-    Decathlon task (folder or .tar), whose test volumes (imagesTs) are taken."""
+def volumes_at(path: Path, tasks: bool = True) -> list[VolumeInput]:
+    """The volumes to segment at `path`: a .nii/.nii.gz file, a folder of them, or (where
+    `tasks`) a Decathlon task (folder or .tar), whose test volumes (imagesTs) are taken."""
     if path.is_file() and is_nifti(path.name):
         return [_file_input(path)]
     if path.is_dir() and not _is_task_folder(path):
@@ -61,6 +61,10 @@ def volumes_at(path: Path) -> list[VolumeInput]:
         return _unique([_file_input(p) for p in files])
     if not (path.is_file() or path.is_dir()):  # missing, or a pipe that reading would hang on
         raise UserError(f"{path}: {describe(path)}; give a NIfTI file, a folder of them or a task")
+    if not tasks:
+        what = "a Decathlon task folder" if path.is_dir() else "not a .nii or .nii.gz file"
+        raise UserError(f"{path}: {what}; give a NIfTI file or a folder of them (for a task's "
+                        "labels, its labelsTr folder)")
     return _task_test_volumes(open_source(path))
 
 
@@ -172,8 +176,8 @@ def _task_test_volumes(task: Source) -> list[VolumeInput]:
         names = sorted(f"imagesTs/{p.name}" for p in folder.glob("*.nii*") if is_nifti(p.name))
     else:
         prefix = task.root + "imagesTs/"
-        names = sorted(m[len(task.root):] for m in task.members
-                       if m.startswith(prefix) and is_nifti(m))
+        names = sorted(m[len(task.root):] for m in task.members  # not in subfolders
+                       if m.startswith(prefix) and "/" not in m[len(prefix):] and is_nifti(m))
     if not names:
         raise UserError(f"{task.where('imagesTs')}: no test volumes; for the patients held out "
                         "by `prepare msd`, pass --split test")

@@ -255,7 +255,7 @@ def test_cli_infer_and_evaluate_volumes(trained_run, tmp_path):
     write_nifti(volumes / "case_1.nii.gz", np.where(labels > 0, 200, -1000).astype(np.int16))
     output = tmp_path / "out"
     done = flexunet("infer", "--config", str(trained_run), "--volumes", str(volumes),
-                    "--output", str(output))
+                    "--output", str(output), "--probabilities")
     assert done.returncode == 0, done.stderr
     written = nib.load(output / "case_1.nii.gz")
     assert written.shape == labels.shape and written.get_data_dtype() == np.uint8
@@ -266,10 +266,14 @@ def test_cli_infer_and_evaluate_volumes(trained_run, tmp_path):
     gt.mkdir()
     write_nifti(gt / "case_1.nii.gz", labels)
     done = flexunet("evaluate", "--volumes", str(output), "--labels", str(gt),
-                    "--output", str(tmp_path / "scores"))
+                    "--output", str(tmp_path / "scores"))  # case_1_probabilities passed over
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "scores" / "evaluation_volumes.json").read_text())
     assert summary["volumes"] == 1 and "hd95" in summary["classes"]["tumor"]
+    done = flexunet("evaluate", "--volumes", str(output / "case_1.nii.gz"), "--labels",
+                    str(gt / "case_1.nii.gz"))  # one file: the scores go beside it
+    assert done.returncode == 0, done.stderr
+    assert json.loads((output / "evaluation" / "evaluation_volumes.json").read_text()) == summary
     assert_one_line_error(
         flexunet("evaluate", "--config", str(trained_run), "--volumes"), "splits.json: not found")
     (volumes / "notes.nii.gz").write_text("not a volume")
@@ -288,6 +292,8 @@ def test_a_decathlon_task_gives_its_test_volumes(tmp_path):
     (tmp_path / "task" / "imagesTs").mkdir()
     for name in ("lung_101.nii.gz", "lung_102.nii.gz"):
         write_nifti(tmp_path / "task" / "imagesTs" / name, np.zeros((8, 8, 3), np.int16))
+    (tmp_path / "task" / "imagesTs" / "old").mkdir()  # a subfolder is not read, nor archived
+    write_nifti(tmp_path / "task" / "imagesTs" / "old" / "lung_101.nii.gz", np.zeros((8, 8, 3)))
     assert [item.name for item in volumes_at(tmp_path / "task")] == ["lung_101", "lung_102"]
     with tarfile.open(tmp_path / "task.tar", "w") as archive:
         archive.add(tmp_path / "task", arcname="Task06_Lung")

@@ -203,7 +203,12 @@ def open_source(path: Path) -> Source:
         names = sorted(m for m in members if posixpath.basename(m) == "dataset.json")
     if not names:
         raise UserError(f"{path}: no dataset.json found; {SOURCE_HINT}")
-    task = Source(path, min(names, key=len)[: -len("dataset.json")], members)
+    depth = min(name.count("/") for name in names)
+    roots = [name[: -len("dataset.json")] for name in names if name.count("/") == depth]
+    if len(roots) > 1:
+        raise UserError(f"{path}: holds {len(roots)} tasks ({listing(sorted(roots))}); give the "
+                        "folder or archive of one")
+    task = Source(path, roots[0], members)
     if not task.has("imagesTr"):
         raise UserError(f"{task.where('imagesTr')}: missing; {SOURCE_HINT}")
     return task
