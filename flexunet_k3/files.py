@@ -8,6 +8,7 @@ Importing this module does not import keras.
 from __future__ import annotations
 
 import codecs
+import errno
 import json
 import math
 import os
@@ -53,22 +54,33 @@ def copy_file(source: Path, target: Path) -> None:
 
 @contextmanager
 def staged(folder: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `folder`; after the block, move the files written there
-    into `folder` (replacing those of the same name).
+    """Yield a temporary folder; after the block, move the files written there into `folder`
+    (replacing those of the same name).
 
-    An error or Ctrl-C inside the block leaves `folder` as it was; the temporary folder (only
-    ever the one made here, never `folder`) is removed either way.
+    The temporary folder lies inside `folder` where it exists (so on its file system, through a
+    link or a mount too), else beside it. An error or Ctrl-C inside the block leaves `folder` as
+    it was; so does a target folder that cannot be written: all are made and checked before
+    the first file moves. The temporary folder (only ever the one made here) is removed.
     """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(
-        prefix=f".{folder.name}.", dir=folder.parent, ignore_cleanup_errors=True
-    ) as temporary:
-        staging = Path(temporary)
+    home = folder.resolve() if folder.is_dir() else folder.parent
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".flexunet-staging.", dir=home))
+    except OSError as exc:  # named as the folder asked for, not its temporary twin
+        raise OSError(exc.errno, exc.strerror, str(folder)) from None
+    try:
         yield staging
-        for written in sorted(path for path in staging.rglob("*") if path.is_file()):
-            target = folder / written.relative_to(staging)
-            target.parent.mkdir(parents=True, exist_ok=True)
+        files = sorted(path for path in staging.rglob("*") if path.is_file())
+        targets = [folder / path.relative_to(staging) for path in files]
+        for parent in sorted({target.parent for target in targets}):
+            parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "cannot write here; no file was moved in",
+                                      str(parent))
+        for written, target in zip(files, targets, strict=True):
             os.replace(written, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def check_output_folder(output: Path, folders: Sequence[str] = ()) -> None:

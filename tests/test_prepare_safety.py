@@ -327,3 +327,43 @@ def test_volume_from_bytes_reads_only_the_header_s_size():
         assert tracemalloc.get_traced_memory()[1] < 2**24
     finally:
         tracemalloc.stop()
+
+
+def test_staging_lies_inside_an_existing_output_even_through_a_link(tmp_path):
+    from flexunet_k3.files import staged
+
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real)  # another file system, or a mount, would sit here
+    with staged(link) as staging:
+        assert staging.parent == real
+        (staging / "a.png").write_text("a")
+    assert sorted(p.name for p in real.iterdir()) == ["a.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
+def test_staging_moves_no_file_when_a_target_folder_cannot_be_written(tmp_path, monkeypatch):
+    from flexunet_k3.files import staged
+
+    out = tmp_path / "out"
+    (out / "overlays").mkdir(parents=True)
+    (out / "a.png").write_text("old")
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != "overlays")
+    with pytest.raises(PermissionError, match="no file was moved in"), staged(out) as staging:
+        (staging / "a.png").write_text("new")
+        (staging / "overlays").mkdir()
+        (staging / "overlays" / "a.png").write_text("new")
+    assert (out / "a.png").read_text() == "old" and not any((out / "overlays").iterdir())
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "overlays"]
+
+
+def test_a_folder_that_cannot_be_made_is_named_not_its_staging_twin(tmp_path, monkeypatch):
+    from flexunet_k3.files import staged
+
+    def refuse(prefix, dir):
+        raise PermissionError(13, "Permission denied", f"{dir}/{prefix}x1y2")
+
+    monkeypatch.setattr("tempfile.mkdtemp", refuse)
+    with pytest.raises(PermissionError) as caught, staged(tmp_path / "new"):
+        pass
+    assert caught.value.filename == str(tmp_path / "new")
