@@ -25,7 +25,7 @@ from flexunet_k3.benchmark import (
 )
 from flexunet_k3.config import MAX_BATCH_SIZE, load_config
 from flexunet_k3.errors import UserError, is_count
-from flexunet_k3.files import check_output_folder, refuse_non_files, write_json
+from flexunet_k3.files import check_new_file, check_output_folder, write_json
 
 from .state import ConfigOption, Overrides, console
 
@@ -137,13 +137,14 @@ def benchmark(
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Write the rows as JSON.")
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --json file.")] = False,
     overrides: Overrides = None,
 ) -> None:
     """Training and inference images/s, step times, FLOPs and memory per backend/precision/jit."""
     cfg = load_config(config, overrides)
     if json_file is not None:  # refused now, not after the runs
         check_output_folder(json_file.parent)
-        refuse_non_files([json_file], "give --json a file name")
+        check_new_file(json_file, overwrite, config, "config to run", "--json")
     batch = batch_size or cfg.train.batch_size
     counts = _device_counts(devices, batch) if devices is not None else [0]
     cases = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +12,7 @@ from rich.table import Table
 
 from flexunet_k3.config import Config, load_config, validate
 from flexunet_k3.errors import UserError, plural
-from flexunet_k3.files import describe, write_text
+from flexunet_k3.files import check_new_file, describe, write_text
 from flexunet_k3.ini_import import import_ini
 
 from .state import Overrides, console, errors, one_line
@@ -60,12 +59,7 @@ def import_command(
     if not ini.is_file():
         raise UserError(f"{ini}: {describe(ini)}; give the INI file")
     output = output or ini.with_suffix(".yaml")
-    if output.exists() and not output.is_file():
-        raise UserError(f"{output}: {describe(output)}; give the YAML file to write")
-    if output.exists() and ini.exists() and os.path.samefile(output, ini):
-        raise UserError(f"{output}: is the INI to import; give another --output for the YAML")
-    if output.exists() and not overwrite:
-        raise UserError(f"{output}: already exists; pass --overwrite to replace it")
+    check_new_file(output, overwrite, ini, "INI to import", "--output")
     data, unmapped = import_ini(ini, output)
     validate(data, f"{ini} (converted)")
     header = f"# Imported from {one_line(ini.name)} by `flexunet config import`.\n"

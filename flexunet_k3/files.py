@@ -133,6 +133,17 @@ def refuse_overwriting(
         )
 
 
+def check_new_file(path: Path, overwrite: bool, reading: Path, role: str, option: str) -> None:
+    """Refuse, before any work, to write the file `path` (given with `option`) where a folder
+    or special file stands, where it is `reading` (the `role` the command reads: never
+    replaced, --overwrite or not), or where it exists and not `overwrite`."""
+    refuse_non_files([path], f"give {option} a file name")
+    if path.exists() and reading.exists() and os.path.samefile(path, reading):
+        raise UserError(f"{path}: is the {role}; give another {option}")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path}: already exists; pass --overwrite to replace it")
+
+
 def refuse_non_files(paths: Iterable[Path], hint: str) -> None:
     """Refuse a folder or special file (a pipe, say) standing where one of `paths`, files about
     to be written, goes: replacing it would fail, or lose what it holds."""

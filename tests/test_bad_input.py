@@ -482,6 +482,10 @@ CASES = [
          ("config.yaml: is a file",), config()),
     Case("bench-json-folder", [*BENCH, "--json", "{t}/rows"], ("rows: is a folder",),
          both(config(), folder("rows"))),
+    Case("bench-json-exists", [*BENCH, "--json", "{t}/rows.json"],
+         ("rows.json: already exists; pass --overwrite",), both(config(), text("rows.json", "[]"))),
+    Case("bench-json-is-config", [*BENCH, "--json", "{t}/config.yaml", "--overwrite"],
+         ("config.yaml: is the config to run; give another --json",), config()),
     # environment
     Case("env-cpu-devices-superscript", ["info"], ("FLEXUNET_CPU_DEVICES is '\u00b2'",),
          subprocess=True, env={"FLEXUNET_CPU_DEVICES": "\u00b2"}),
