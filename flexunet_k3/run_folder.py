@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import TypeAdapter, ValidationError
 
-from flexunet_k3.config import Config, ModelConfig, load_config, validation_message
+from flexunet_k3.config import Config, ModelConfig, load_config, read_yaml, validation_message
 from flexunet_k3.errors import UserError, listing
 from flexunet_k3.files import (
     MAX_JSON_BYTES,
@@ -100,7 +100,7 @@ class RunFolder:
     def owned(self) -> set[Path]:
         """The files flexunet wrote here, as the manifest records them. A run folder from before
         the manifest (a readable history.json, no manifest) owns its training and evaluation
-        files, known by their names."""
+        files, known by their names, and a config.yaml that reads as train wrote it."""
         if self.manifest.exists():
             return {self.root / name for name in self._manifest_names()}
         try:
@@ -109,6 +109,8 @@ class RunFolder:
         except UserError:  # a history.json that is not ours
             return set()
         known = [*self.fixed_outputs(), *(self.root / name for name in EVALUATION_FILES)]
+        if not _written_by_train(self.config):  # a user's own: comments, keys left out
+            known.remove(self.config)
         epoch_images = [*self.epoch_infer_dir.glob("Epoch_*.png"),
                         *(self.epoch_infer_dir / "mosaic").glob("Epoch_*.png")]
         return {path for path in (*known, *epoch_images) if path.is_file()}
@@ -254,6 +256,15 @@ class TrainState:
 
     def save(self, path: Path) -> None:
         write_json(path, asdict(self))
+
+
+def _written_by_train(path: Path) -> bool:
+    """Whether `path` holds, exactly, a resolved config as `flexunet train` writes it."""
+    try:
+        data = read_yaml(path)
+        return Config.model_validate(data).to_yaml() == path.read_text(encoding="utf-8")
+    except (UserError, ValueError, OSError):  # ValidationError and UnicodeDecodeError too
+        return False
 
 
 def _is_file_name(name) -> bool:

@@ -30,6 +30,17 @@ def test_a_users_config_beside_the_run_is_never_replaced(tmp_path, tiny_dataset)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["config.yaml"]
 
 
+def test_a_users_config_in_a_run_from_before_the_manifest_is_never_replaced(tmp_path,
+                                                                           tiny_dataset):
+    config = write_config(tmp_path, tiny_dataset, train={**QUICK, "output_dir": "."})
+    mine = config.read_text() + "# my notes\n"
+    config.write_text(mine)
+    (tmp_path / "history.json").write_text('{"epochs": 1, "epoch": 1, "status": "completed"}')
+    with pytest.raises(UserError, match="config.yaml: not written by flexunet train"):
+        train(load_config(config), overwrite=True)
+    assert config.read_text() == mine
+
+
 def test_files_train_did_not_write_need_overwrite(tmp_path, tiny_dataset):
     config = write_config(tmp_path, tiny_dataset, train=QUICK)
     history = tmp_path / "run" / "history.json"
