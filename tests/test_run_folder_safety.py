@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -124,3 +125,16 @@ def test_two_fills_of_one_disk_cache_do_not_collide(tmp_path, tiny_dataset, monk
     assert sorted(path.suffix for path in (tmp_path / "run" / "cache").iterdir()) == [
         ".json", ".npy", ".npy"
     ]
+
+
+def test_a_damaged_disk_cache_is_decoded_again(tmp_path, tiny_dataset):
+    config = load_config(write_config(tmp_path, tiny_dataset, data={"cache": "disk"}))
+    first = dataset_from_config(config, "valid", training=False)[0][0]
+    [images] = (tmp_path / "run" / "cache").glob("*-images.npy")
+    images.write_bytes(images.read_bytes()[:-100])  # a disk that filled up, say
+    with pytest.warns(UserWarning, match="cached images are damaged; decoding them again"):
+        again = dataset_from_config(config, "valid", training=False)
+    assert np.array_equal(again[0][0], first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset_from_config(config, "valid", training=False)  # whole again: reused quietly

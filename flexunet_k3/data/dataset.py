@@ -217,15 +217,22 @@ class SegmentationDataset(keras.utils.PyDataset):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def _open_disk_cache(self, cache_dir: Path, workers: int) -> None:
-        """Reuse `<key>.json` + .npy files if complete, else decode into new ones."""
+        """Reuse `<key>.json` + .npy files if complete and whole, else decode into new ones."""
         key = self._cache_key()
         done = cache_dir / f"{key}.json"
         names = cache_dir / f"{key}-images.npy", cache_dir / f"{key}-labels.npy"
         if done.is_file():
-            self._images, self._labels = (np.load(name, mmap_mode="r") for name in names)
-            self._off_color[:] = json.loads(done.read_text())["off_color"]
-            self._warn_off_color()
-            return
+            try:
+                self._images, self._labels = (np.load(name, mmap_mode="r") for name in names)
+                self._off_color[:] = json.loads(done.read_text())["off_color"]
+                whole = (self._images.shape, self._labels.shape) == self._shapes()
+            except (OSError, ValueError, KeyError, TypeError):  # truncated, or not ours
+                whole = False
+            if whole:
+                self._warn_off_color()
+                return
+            warnings.warn(f"{done.with_suffix('')}-*: the cached images are damaged; "
+                          "decoding them again", stacklevel=3)
         # Filled under unique temporary names (two processes may fill one cache at once), so a
         # bad file or Ctrl-C leaves no partial cache files behind.
         with replacing(names[0]) as images, replacing(names[1]) as labels:
