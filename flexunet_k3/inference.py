@@ -16,6 +16,7 @@ from PIL import Image
 from flexunet_k3 import scores
 from flexunet_k3.config import Config
 from flexunet_k3.data.images import (
+    check_unique_stems,
     list_images,
     read_image,
     resize_image,
@@ -183,7 +184,7 @@ def infer_folder(
     paths, skipped = list_images(images_dir)
     if output_dir.resolve() == images_dir.resolve():
         raise UserError(f"{output_dir}: is the input folder; choose another --output")
-    _check_unique_stems(paths)
+    check_unique_stems(paths)
     names = [f"{path.stem}.png" for path in paths]
     if with_overlays:
         names += [f"overlays/{name}" for name in names] + ["mosaic/mosaic.png"]
@@ -196,14 +197,3 @@ def infer_folder(
             description="inferring",
         )
     return InferResult(len(paths), skipped, output_dir)
-
-
-def _check_unique_stems(paths: list[Path]) -> None:
-    seen: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in seen:
-            raise UserError(
-                f"{path.parent}: {seen[path.stem].name} and {path.name} would both be written "
-                f"as {path.stem}.png; rename one of them"
-            )
-        seen[path.stem] = path

@@ -27,7 +27,7 @@ from flexunet_k3.callbacks import (
 )
 from flexunet_k3.config import Config
 from flexunet_k3.data.dataset import dataset_from_config
-from flexunet_k3.data.images import list_images
+from flexunet_k3.data.images import check_unique_stems, list_images
 from flexunet_k3.distribution import Placement, start
 from flexunet_k3.errors import UserError, plural
 from flexunet_k3.files import write_text
@@ -55,13 +55,13 @@ def epoch_infer_paths(config: Config, placement: Placement) -> list[Path]:
             warnings.warn("train.epoch_change_infer is off when training in several processes "
                           "(a prediction's parts stay in their processes)", stacklevel=2)
         return []
-    folder = config.infer_images_dir()
     try:
-        paths, _ = list_images(folder)
+        paths = list_images(config.infer_images_dir())[0][: config.train.num_infer_images]
+        check_unique_stems(paths)
     except UserError as exc:
         hint = "(for epoch-change inference; or set train.epoch_change_infer: false)"
         raise UserError(f"{exc} {hint}") from None
-    return paths[: config.train.num_infer_images]
+    return paths
 
 
 @dataclass

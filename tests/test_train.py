@@ -86,6 +86,20 @@ def test_a_bad_image_read_during_training_is_one_user_error(tmp_path, tiny_datas
         train(load_config(config))  # under TensorFlow, raised inside tf.data and wrapped
 
 
+def test_epoch_change_images_whose_masks_would_share_a_name_are_refused(tmp_path, tiny_dataset):
+    images = tmp_path / "scans"
+    images.mkdir()
+    first = sorted((tiny_dataset / "test" / "images").iterdir())[0]
+    shutil.copy(first, images / "a.png")
+    shutil.copy(first, images / "a.tif")
+    config = write_config(tmp_path, tiny_dataset, train={"epochs": 1},
+                          infer={"images_dir": str(images)})
+    with pytest.raises(UserError, match=r"a.png and a.tif would both be written as a.png; .* "
+                       r"\(for epoch-change inference"):
+        train(load_config(config))
+    assert not (tmp_path / "run").exists()
+
+
 def test_mixed_precision_policy_is_honoured(tmp_path, tiny_dataset):
     train_section = {"epochs": 1, "precision": "mixed_bfloat16", "epoch_change_infer": False}
     config = write_config(tmp_path, tiny_dataset, train=train_section)

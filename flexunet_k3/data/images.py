@@ -149,3 +149,15 @@ def pair_files(
             "each image needs a mask with the same file name (any extension)"
         )
     return [(images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def check_unique_stems(paths: list[Path]) -> None:
+    """Refuse images whose masks would share a name (`a.png`, `a.jpg`: both `a.png`)."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise UserError(
+                f"{path.parent}: {seen[path.stem].name} and {path.name} would both be written "
+                f"as {path.stem}.png; rename one of them"
+            )
+        seen[path.stem] = path
