@@ -331,18 +331,20 @@ def prepare_run(
             f"{run.root}: holds {shown}, not written by flexunet train; move {them} away, "
             f"choose another train.output_dir, or pass --overwrite to replace {them}"
         )
-    if resume:
-        if run.last not in owned or not run.last.is_file():
-            raise UserError(
-                f"{run.last}: nothing to resume ({describe(run.last)}); train without --resume"
-            )
-        return state
     earlier = [path for path in owned if path.is_file() and path != run.config]
+    resumable = run.last in owned and run.last.is_file()
+    if resume:
+        if not resumable:
+            fix = "start again with --overwrite" if earlier else "train without --resume"
+            raise UserError(f"{run.last}: nothing to resume ({describe(run.last)}); {fix}")
+        return state
     if earlier and not overwrite:
-        raise UserError(
-            f"{run.root} holds {state.describe() if state else 'a run'}: pass --resume to "
-            "continue it or --overwrite to replace its files"
-        )
+        held = state.describe() if state else "a run"
+        if not resumable:  # a NaN loss or a Ctrl-C in the first epoch: no checkpoint
+            raise UserError(f"{run.root} holds {held} with no checkpoint to resume "
+                            "(models/last.keras): pass --overwrite to start again")
+        raise UserError(f"{run.root} holds {held}: pass --resume to continue it or --overwrite "
+                        "to replace its files")
     return None
 
 

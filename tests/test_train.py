@@ -253,6 +253,10 @@ def test_nan_loss_stops_with_one_line(tmp_path, tiny_dataset):
     assert_one_line_error(flexunet("train", "--config", str(config)), "loss became NaN")
     assert read_state(tmp_path / "run")["status"] == "nan_loss"
     assert not (tmp_path / "run" / "models" / "last.keras").exists()
+    assert_one_line_error(flexunet("train", "--config", str(config)),  # no way round in circles
+                          "with no checkpoint to resume (models/last.keras): pass --overwrite")
+    assert_one_line_error(flexunet("train", "--config", str(config), "--resume"),
+                          "nothing to resume (not found); start again with --overwrite")
 
 
 def test_a_nan_epoch_keeps_the_last_good_checkpoint(tmp_path):
