@@ -270,6 +270,10 @@ def test_unreadable_image_names_the_file(tmp_path):
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(UserError, match="broken.png"):
         read_image(broken, 3)
+    floats = tmp_path / "floats.tif"
+    Image.fromarray(np.full((5, 6), 0.7, np.float32)).save(floats)  # would be read as black
+    with pytest.raises(UserError, match="floats.tif: cannot read image .floating-point pixels"):
+        read_image(floats, 1)
 
 
 # ---- augmentation ----------------------------------------------------------------------------

@@ -38,6 +38,9 @@ def open_image(path: Path, keep_depth: bool = False) -> Image.Image:
 def _to_8bit(img: Image.Image) -> Image.Image:
     if img.mode in ("L", "RGB"):
         return img
+    if img.mode == "F":  # 0..1? Hounsfield units? Converting would clip it to black or white
+        raise ValueError("floating-point pixels, which have no agreed 8-bit scale; save it as "
+                         "8- or 16-bit")
     if img.mode.startswith("I"):  # 16- or 32-bit integer gray: 0..65535 -> 0..255
         values = np.clip(np.asarray(img), 0, 65535).astype(np.uint32)
         return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
