@@ -21,7 +21,7 @@ from flexunet_k3 import scores
 from flexunet_k3.data.cases import case_of
 from flexunet_k3.data.images import MASK_SUFFIXES, pair_files
 from flexunet_k3.data.masks import read_mask, warn_off_color
-from flexunet_k3.errors import UserError
+from flexunet_k3.errors import UserError, plural
 from flexunet_k3.files import write_json, write_text
 from flexunet_k3.progress import track
 
@@ -170,10 +170,10 @@ def summary_rows(summary: dict) -> list[tuple[str, str, str]]:
     """(metric, value, counted) rows for a table: per-case foreground scores first, then per
     image, then the loss, and the original's dice_coef_multiclass last."""
     rows = []
-    for level, unit in (("per_case", "cases"), ("per_image", "images")):
+    for level, unit in (("per_case", "case"), ("per_image", "image")):
         for name, levels in summary["classes"].items():
             stats = levels[level]
-            counted = f"{stats['counted']} {unit}"
+            counted = plural(stats["counted"], unit)
             if stats["both_empty"]:
                 counted += f"; {stats['both_empty']} both empty, left out"
             if stats["empty_truth_predicted"]:

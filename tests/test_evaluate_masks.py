@@ -104,3 +104,13 @@ def test_real_ct_masks_against_themselves_score_1():
     assert len(report.per_case) == len({row["case"] for row in report.per_image}) > 1
     assert all(row["dice"] == 1.0 and row["iou"] == 1.0 for row in report.per_case)
     assert report.summary["classes"]["tumor"]["per_case"]["dice"] == 1.0
+
+
+def test_one_case_or_image_is_counted_in_the_singular():
+    from flexunet_k3.evaluation import TITLES, summary_rows
+
+    stats = {"counted": 1, "both_empty": 0, "empty_truth_predicted": 0,
+             **{key: 0.5 for key in TITLES}}
+    summary = {"classes": {"tumor": {"per_case": stats, "per_image": stats}}, "loss": None,
+               "dice_coef_multiclass": 0.9}
+    assert [row[2] for row in summary_rows(summary) if row[2]][:2] == ["1 case", "1 image"]
