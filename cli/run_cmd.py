@@ -325,7 +325,8 @@ def infer(
 def _infer_volumes(config, overrides, volumes, split, images, probabilities, output,
                    overwrite) -> None:
     if images is not None:
-        raise UserError("--images and --volumes exclude each other: give one")
+        volume_option = "--volumes" if volumes is not None else "--split"
+        raise UserError(f"--images and {volume_option} exclude each other: give one")
     if split not in (None, "test"):
         raise UserError(f"--split {split}: only 'test' (the held-out patients) is known")
     with deferred():

@@ -50,6 +50,7 @@ from .nifti import (
     check_same_grid,
     display_slice,
     has_patient_axes,
+    is_nifti,
     to_display,
     volume_from_bytes,
 )
@@ -192,6 +193,8 @@ def open_source(path: Path) -> Source:
     at most, and check it has imagesTr."""
     if not (path.is_dir() or path.is_file()):
         raise UserError(f"{path}: {describe(path)}; {SOURCE_HINT}")
+    if path.is_file() and is_nifti(path.name):
+        raise UserError(f"{path}: one volume, not a task; {SOURCE_HINT}")
     if path.is_dir():
         members = None
         names = [p.relative_to(path).as_posix() for p in path.glob("dataset.json")]
