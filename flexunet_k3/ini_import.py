@@ -80,12 +80,14 @@ LOSSES = {
 
 def parse_value(raw: str):
     """A Python literal, or the raw text where it is not one (unquoted words, and literals
-    nested too deeply or too large for Python's parser)."""
+    nested too deeply or too large for Python's parser) or is a set (its order is lost: kernel
+    sizes {7, 9} could be read as 9x7)."""
     text = raw.strip()
     try:
-        return ast.literal_eval(text)
+        value = ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         return text
+    return text if isinstance(value, set) else value
 
 
 def _set(target: dict, dotted: str, value) -> None:
