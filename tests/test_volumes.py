@@ -1,5 +1,6 @@
 """Volume inference and whole-volume evaluation: NIfTI in, NIfTI out on the source's grid."""
 
+import gzip
 import json
 import os
 import tarfile
@@ -242,8 +243,12 @@ def test_volume_inputs_refuse_bad_files(tmp_path):
     for name, data in bad.items():
         write_nifti(tmp_path / name, data)
     (tmp_path / "text.nii.gz").write_text("not a volume")
+    (tmp_path / "raw.nii.gz").write_bytes(nib.Nifti1Image(np.zeros((4, 4, 2)), None).to_bytes())
+    (tmp_path / "zipped.nii").write_bytes(gzip.compress((tmp_path / "raw.nii.gz").read_bytes()))
     for name, message in (("flat.nii.gz", "2D volume"), ("series.nii.gz", "4D volume"),
-                          ("complex.nii", "type complex64"), ("text.nii.gz", "not a readable")):
+                          ("complex.nii", "type complex64"), ("text.nii.gz", "not a readable"),
+                          ("raw.nii.gz", "not gzipped, unlike its name says; rename it raw.nii"),
+                          ("zipped.nii", "gzipped, unlike its name says; rename it zipped.nii.gz")):
         with pytest.raises(UserError, match=message):
             read_volume(tmp_path / name)
 

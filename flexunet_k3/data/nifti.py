@@ -72,6 +72,13 @@ def read_volume(path: Path) -> Volume:
     if not path.is_file():
         raise UserError(f"{path}: {describe(path)}; give a .nii or .nii.gz file")
     gzipped = path.name.lower().endswith(".gz")  # as nibabel tells them apart
+    with path.open("rb") as file:
+        head = file.read(4)
+    header_size = {int.from_bytes(head, order) for order in ("little", "big")}
+    if (gzipped and header_size & {348, 540}) or (not gzipped and head[:2] == b"\x1f\x8b"):
+        right = nifti_stem(path.name) + (".nii" if gzipped else ".nii.gz")  # nibabel goes by it
+        raise UserError(f"{path}: {'not ' if gzipped else ''}gzipped, unlike its name says; "
+                        f"rename it {right}")
     return _volume(lambda: nib.load(path), lambda: Opener(path), str(path), path.stat().st_size,
                    gzipped)
 
