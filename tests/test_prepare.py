@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -183,6 +184,12 @@ def test_tar_and_folder_give_identical_pngs(small_task, tmp_path):
     from_tar = prepare_msd(archive, tmp_path / "from-tar", size=64, workers=2)
     assert pngs(tmp_path / "from-tar") == pngs(tmp_path / "from-folder")
     assert from_tar["images"] == from_folder["images"] and from_tar["images"]["train"] > 0
+    gzipped = tmp_path / "Task06_Lung.tar.gz"
+    gzipped.write_bytes(gzip.compress(archive.read_bytes()))
+    with pytest.warns(UserWarning, match="Task06_Lung.tar.gz: a gzip-compressed archive is "
+                      "unpacked from its start for every volume read"):
+        prepare_small(gzipped, tmp_path / "from-tar-gz")
+    assert pngs(tmp_path / "from-tar-gz") == pngs(tmp_path / "from-folder")
 
 
 def test_truncated_tar_is_refused(small_task, tmp_path):

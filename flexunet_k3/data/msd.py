@@ -204,6 +204,7 @@ def open_source(path: Path) -> Source:
     else:
         members = _tar_members(path)
         names = sorted(m for m in members if posixpath.basename(m) == "dataset.json")
+        _warn_if_compressed(path)
     if not names:
         raise UserError(f"{path}: no dataset.json found; {SOURCE_HINT}")
     depth = min(name.count("/") for name in names)
@@ -437,6 +438,21 @@ def _kind(member: tarfile.TarInfo) -> str:
     if member.issym():
         return "a symbolic link"
     return "a hard link" if member.islnk() else "a special file"
+
+
+COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}  # magic bytes
+
+
+def _warn_if_compressed(path: Path) -> None:
+    """A compressed tar is unpacked from its start for every member read: say so, and how to
+    make it quick (the Decathlon's own archives are plain tars)."""
+    with path.open("rb") as file:
+        head = file.read(6)
+    for magic, kind in COMPRESSED.items():
+        if head.startswith(magic):
+            warnings.warn(f"{path}: a {kind}-compressed archive is unpacked from its start for "
+                          "every volume read, which is slow for a large task; unpack it once "
+                          "to a plain .tar or a folder first", stacklevel=3)
 
 
 def _tar_members(path: Path) -> frozenset[str]:
