@@ -17,4 +17,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 python3 benchmarks/matmul_peak.py --json "$out/peak.json"
 flexunet benchmark --config "$config" --backends jax,torch \
   --precision float32,mixed_bfloat16,mixed_float16 --batch-size "$batch" \
-  --steps "$steps" --warmup 3 --json "$out/benchmark-batch$batch.json"
+  --steps "$steps" --warmup 3 --json "$out/benchmark-batch$batch.json" --overwrite

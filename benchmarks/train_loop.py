@@ -43,7 +43,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="flexunet-loop-") as scratch:
         for backend in args.backends.split(","):
             for precision in args.precision.split(","):
-                rows = Path(scratch) / "bench.json"
+                rows = Path(scratch) / f"bench-{backend}-{precision}.json"
                 run([
                     "flexunet", "--quiet", "benchmark", "--config", args.config,
                     "--backends", backend, "--precision", precision,

@@ -233,7 +233,7 @@ def test_benchmark_devices_reports_per_device_rates_and_scaling(tmp_path, tiny_d
                         devices=2)
     done = subprocess.run(
         ["flexunet", "benchmark", "--config", str(config), "--backends", "jax", "--steps", "1",
-         "--warmup", "1", "--json", str(rows_file)],
+         "--warmup", "1", "--json", str(rows_file), "--overwrite"],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "FLEXUNET_CPU_DEVICES": "2"},
     )
