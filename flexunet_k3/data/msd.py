@@ -240,6 +240,9 @@ def read_cases(task: Source) -> list[tuple[str, str, str]]:
             if not task.has(name):
                 raise UserError(f"{task.where(name)}: missing (listed in {where})")
         case = case_id(image)
+        if not case:  # `imagesTr/.nii.gz`: its slices would be `_0.png`
+            raise UserError(f"{task.where(image)}: a name with no case id in it (listed in "
+                            f"{where}); name it like lung_001.nii.gz")
         if case in cases:
             raise UserError(f"{where}: two images have case id {case}; file names must differ")
         cases[case] = (case, image, label)
