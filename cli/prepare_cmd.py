@@ -9,9 +9,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from flexunet_k3.config import load_config
 from flexunet_k3.errors import UserError
 
-from .state import console, print_warning
+from .state import console, print_warning, warnings_as_lines
 
 app = typer.Typer(
     help="Make 2D PNG datasets from Decathlon NIfTI volumes (or a synthetic set); statistics.",
@@ -108,13 +109,19 @@ def synthetic_command(
 @app.command("stats")
 def stats_command(
     folder: Annotated[Path, typer.Argument(help="A dataset folder (train|valid|test/...).")],
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="A run config whose data.classes the masks are in.",
+        show_default="background black, tumor white")] = None,
 ) -> None:
     """Recount a dataset folder; rewrite its statistics.json and statistics.png.
 
     Refused where flexunet did not write them."""
     from flexunet_k3.data.statistics import update_statistics
 
-    _print_statistics(update_statistics(folder), folder)
+    colors = None if config is None else [spec.color for spec in load_config(config).data.classes]
+    with warnings_as_lines():
+        stats = update_statistics(folder, colors)
+    _print_statistics(stats, folder)
 
 
 def _numbers(text: str, count: int, option: str) -> list[float]:

@@ -6,9 +6,6 @@ Keras is imported inside the commands, after the backend is fixed.
 from __future__ import annotations
 
 import shlex
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +26,7 @@ from .state import (
     options,
     print_warning,
     use_backend,
+    warnings_as_lines,
 )
 
 
@@ -41,17 +39,6 @@ def _start(config: Path, overrides: list[str] | None) -> Config:
 
 def _say(text: str) -> None:
     console.print(text, highlight=False)
-
-
-@contextmanager
-def _warnings_as_lines() -> Iterator[None]:
-    """Show each warning as one 'warning: ...' line on stderr, when it happens."""
-    def show(message, *_args, **_kwargs):
-        print_warning(message)
-
-    with warnings.catch_warnings():
-        warnings.showwarning = show
-        yield
 
 
 def train(
@@ -73,7 +60,7 @@ def train(
 
         run = RunFolder(cfg.train.output_dir)
         try:
-            with _warnings_as_lines():
+            with warnings_as_lines():
                 result = run_training(cfg, resume=resume, overwrite=overwrite)
         except KeyboardInterrupt:
             errors.print(_after_ctrl_c(run, config, overrides))
@@ -178,7 +165,7 @@ def evaluate(
         if predictions is None or masks is None:
             raise UserError("--predictions and --masks go together: give both folders")
         cfg = load_config(config, overrides) if config is not None else Config()
-        with _warnings_as_lines():
+        with warnings_as_lines():
             report = evaluate_folders(predictions, masks, cfg.data.classes)
         folder = output or predictions / "evaluation"
         refuse_overwriting(folder, EVALUATION_FILES, overwrite)
@@ -192,7 +179,7 @@ def evaluate(
 
             run = RunFolder(cfg.train.output_dir)
             folder = output or run.root
-            with _warnings_as_lines(), run.locked_for(folder, "flexunet evaluate"):
+            with warnings_as_lines(), run.locked_for(folder, "flexunet evaluate"):
                 _refuse_others(run, folder, EVALUATION_FILES, overwrite, ours=output is None)
                 report = evaluate_model(_best_model(run, cfg, "flexunet evaluate"), cfg)
                 if output is None:
@@ -246,7 +233,7 @@ def _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, 
             window = dataset_window(cfg)
             run = RunFolder(cfg.train.output_dir)
             folder = output or run.root
-            with _warnings_as_lines(), run.locked_for(folder, "flexunet evaluate"):
+            with warnings_as_lines(), run.locked_for(folder, "flexunet evaluate"):
                 _refuse_others(run, folder, ve.REPORT_FILES, overwrite, ours=output is None)
                 model = _best_model(run, cfg, "flexunet evaluate")
                 report = ve.evaluate_held_out(model, cfg, inputs, window, tolerance_mm)
@@ -310,7 +297,7 @@ def infer(
         images_dir = images or cfg.infer_images_dir()
         run = RunFolder(cfg.train.output_dir)
         output_dir = output or cfg.infer.output_dir or run.infer_dir
-        with _warnings_as_lines(), run.locked_for(output_dir, "flexunet infer"):
+        with warnings_as_lines(), run.locked_for(output_dir, "flexunet infer"):
             result = infer_folder(
                 _best_model(run, cfg, "flexunet infer"), cfg, images_dir, output_dir,
                 with_overlays=cfg.infer.overlay if overlay is None else overlay,
@@ -343,7 +330,7 @@ def _infer_volumes(config, overrides, volumes, split, images, probabilities, out
         run = RunFolder(cfg.train.output_dir)
         output_dir = output or cfg.infer.output_dir or run.volumes_dir
         window = dataset_window(cfg)
-        with _warnings_as_lines(), run.locked_for(output_dir, "flexunet infer"):
+        with warnings_as_lines(), run.locked_for(output_dir, "flexunet infer"):
             model = _best_model(run, cfg, "flexunet infer")
             result = infer_volumes(model, cfg, inputs, output_dir, window=window,
                                    probabilities=probabilities, overwrite=overwrite)

@@ -3,6 +3,9 @@ console they print to."""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -45,3 +48,14 @@ def one_line(text: str) -> str:
 def print_warning(message) -> None:
     """One 'warning: ...' line on stderr."""
     errors.print(f"warning: {one_line(str(message))}", style="yellow")
+
+
+@contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Show each warning as one 'warning: ...' line on stderr, when it happens."""
+    def show(message, *_args, **_kwargs):
+        print_warning(message)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield

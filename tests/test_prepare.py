@@ -354,6 +354,37 @@ def test_stats_refuses_statistics_json_that_is_not_an_object(tmp_path):
         update_statistics(tmp_path)
 
 
+def test_stats_read_masks_as_training_does(tmp_path):
+    """16-bit class ids, .npz, the classes of a config (red tumors); hidden files passed over."""
+    train, valid = tmp_path / "train", tmp_path / "valid"
+    for split in (train, valid):
+        (split / "images").mkdir(parents=True)
+    tumor = np.zeros((8, 8), np.uint8)
+    tumor[:2, :2] = 1  # 4 of 64 pixels
+    for name in ("a_1", "b_1"):
+        Image.fromarray(tumor * 200).save(train / "images" / f"{name}.png")
+        Image.fromarray(tumor * 200).save(valid / "images" / f"{name}.png")
+    (train / "masks").mkdir()
+    Image.fromarray(tumor.astype(np.uint16)).save(train / "masks" / "a_1.png")  # class ids
+    np.savez(train / "masks" / "b_1.npz", labels=tumor)
+    Image.fromarray(np.ones((8, 8), np.uint8) * 255).save(train / "masks" / ".old_a_1.png")
+    (train / "masks" / "._b_1.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (valid / "masks").mkdir()
+    red = np.stack([tumor * 255, np.zeros_like(tumor), np.zeros_like(tumor)], axis=-1)
+    for name in ("a_1", "b_1"):
+        Image.fromarray(red).save(valid / "masks" / f"{name}.png")
+    config = tmp_path / "red.yaml"
+    config.write_text("data:\n  classes:\n    - {name: background, color: [0, 0, 0]}\n"
+                      "    - {name: tumor, color: [255, 0, 0]}\n")
+    result = CliRunner().invoke(app, ["-q", "prepare", "stats", str(tmp_path), "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((tmp_path / "statistics.json").read_text())
+    assert stats["masks"]["train"] == stats["images"]["train"] == stats["cases"]["train"] == 2
+    assert stats["tumor_pixel_share"] == {"train": 0.0625, "valid": 0.0625, "test": 0.0,
+                                          "all": 0.0625}
+    assert stats["tumor_free_images"] == {"train": 0, "valid": 0, "test": 0}
+
+
 def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     missing = tmp_path / "Task06_Lung.tar"
     run = flexunet("prepare", "msd", "--source", str(missing), "--output", str(tmp_path / "out"))

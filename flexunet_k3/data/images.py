@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from flexunet_k3.errors import UserError, first_line, listing, plural
+from flexunet_k3.files import describe
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_SUFFIXES = (*IMAGE_SUFFIXES, ".npz")
@@ -22,6 +23,7 @@ def open_image(path: Path, keep_depth: bool = False) -> Image.Image:
     """A decoded image in mode "L" (gray) or "RGB"; alpha dropped, 16- and 32-bit gray scaled to
     8-bit, or kept as they are (modes "I;16", "I", "F") when `keep_depth`. A file of several
     frames (a multi-page TIFF, an animated PNG) is refused: which one is meant is not known."""
+    check_regular_file(path)
     try:
         with Image.open(path, formats=_FORMATS) as img:
             frames = getattr(img, "n_frames", 1)
@@ -33,6 +35,12 @@ def open_image(path: Path, keep_depth: bool = False) -> Image.Image:
             f"{path}: cannot read image ({first_line(exc)}); replace or remove the file"
         ) from None
     raise UserError(f"{path}: holds {frames} frames; give one image per file")
+
+
+def check_regular_file(path: Path) -> None:
+    """Refuse a pipe, device or socket named like an image: reading it could wait for ever."""
+    if not path.is_file():
+        raise UserError(f"{path}: {describe(path)}; give an image file, or move it away")
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from flexunet_k3.data.images import open_image
+from flexunet_k3.data.images import check_regular_file, open_image
 from flexunet_k3.errors import UserError, first_line, plural
 
 Color = Sequence[int]
@@ -87,6 +87,7 @@ def read_mask(path: Path, colors: Sequence[Color]) -> tuple[np.ndarray, int]:
     An 8-bit image holds class colors; a 16- or 32-bit integer one (and an .npz) class ids.
     """
     path = Path(path)
+    check_regular_file(path)
     if path.suffix.lower() == ".npz":
         return _read_npz(path, len(colors)), 0
     img = open_image(path, keep_depth=True)

@@ -8,28 +8,35 @@ tool's. `prepare msd` adds how the set was made (settings, slices dropped, cases
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from ..config import DataConfig
 from ..errors import UserError, first_line
 from ..files import MAX_JSON_BYTES, describe, read_bytes, replacing, write_json
 from ..progress import track
 from .cases import SPLITS, case_of
+from .images import IMAGE_SUFFIXES, MASK_SUFFIXES
+from .masks import Color, read_mask, warn_off_color
 
 MINI_TEST = "mini_test"
 STATISTICS_FILES = ("statistics.json", "statistics.png")
 
 
-def dataset_statistics(folder: Path) -> dict:
-    """Counts from the PNG files on disk.
+def dataset_statistics(folder: Path, colors: Sequence[Color] | None = None) -> dict:
+    """Counts from the files on disk that training reads (images and masks of any format it
+    takes, hidden files passed over); masks are read as class `colors` (data.classes; by
+    default its default: background black, tumor white, as `prepare msd` writes them).
 
     Returns `images` and `masks` per split (mini_test included), `cases` and `case_ids` per
-    split, `tumor_pixel_share` (mask pixels > 127 over all mask pixels) per split and over
-    train+valid+test as `all`, and `tumor_free_images` (masks with no tumor pixel) per split.
+    split, `tumor_pixel_share` (mask pixels of a class other than the first, background, over
+    all mask pixels) per split and over train+valid+test as `all`, and `tumor_free_images`
+    (masks with no such pixel) per split.
     """
     folder = Path(folder)
+    colors = colors or [spec.color for spec in DataConfig().classes]
     if not folder.is_dir():
         raise UserError(f"{folder}: {describe(folder)}; give a dataset folder (train|valid|test/"
                         "images|masks)")
@@ -39,18 +46,24 @@ def dataset_statistics(folder: Path) -> dict:
             "give a dataset folder written by `flexunet prepare msd`"
         )
     files = {
-        split: {kind: sorted((folder / split / kind).glob("*.png")) for kind in ("images", "masks")}
+        split: {kind: _files(folder / split / kind, suffixes)
+                for kind, suffixes in (("images", IMAGE_SUFFIXES), ("masks", MASK_SUFFIXES))}
         for split in (*SPLITS, MINI_TEST)
     }
     masks = [(split, path) for split in SPLITS for path in files[split]["masks"]]
     tumor = dict.fromkeys(SPLITS, 0)
     pixels = dict.fromkeys(SPLITS, 0)
     tumor_free = dict.fromkeys(SPLITS, 0)
+    off_color = {split: [] for split in SPLITS}
     for split, path in track(masks, "reading masks", total=len(masks)):
-        count, total = _tumor_pixels(path)
+        labels, off = read_mask(path, colors)
+        count = int(np.count_nonzero(labels))
         tumor[split] += count
-        pixels[split] += total
+        pixels[split] += labels.size
         tumor_free[split] += count == 0
+        off_color[split].append(off)
+    for split in SPLITS:
+        warn_off_color(folder / split / "masks", np.array(off_color[split]), stacklevel=2)
     share = {split: _share(tumor[split], pixels[split]) for split in SPLITS}
     share["all"] = _share(sum(tumor.values()), sum(pixels.values()))
     case_ids = {
@@ -87,10 +100,11 @@ def write_statistics(folder: Path, stats: dict, name: str | None = None) -> None
         figure.savefig(path, format="png")
 
 
-def update_statistics(folder: Path) -> dict:
-    """Recount a dataset folder and rewrite its statistics, keeping the keys only
-    `prepare msd` knows (settings, slices dropped, cases skipped) from an earlier
-    statistics.json. Statistics files that flexunet did not write are refused, not replaced."""
+def update_statistics(folder: Path, colors: Sequence[Color] | None = None) -> dict:
+    """Recount a dataset folder (masks in class `colors`, see `dataset_statistics`) and rewrite
+    its statistics, keeping the keys only `prepare msd` knows (settings, slices dropped, cases
+    skipped) from an earlier statistics.json. Statistics files that flexunet did not write are
+    refused, not replaced."""
     folder = Path(folder)
     previous, chart = folder / STATISTICS_FILES[0], folder / STATISTICS_FILES[1]
     hint = "move it away, then run again"
@@ -105,22 +119,17 @@ def update_statistics(folder: Path) -> dict:
                             f"({first_line(exc, typed=True)}); {hint}") from None
     elif chart.exists():
         raise UserError(f"{chart}: not written by flexunet (no {previous.name} beside it); {hint}")
-    stats.update(dataset_statistics(folder))
+    stats.update(dataset_statistics(folder, colors))
     write_statistics(folder, stats)
     return stats
 
 
-def _tumor_pixels(path: Path) -> tuple[int, int]:
-    if not path.is_file():
-        raise UserError(f"{path}: {describe(path)}, not a PNG mask; move it away")
-    try:
-        with Image.open(path) as image:
-            mask = np.asarray(image.convert("L")) > 127
-    except OSError as exc:
-        raise UserError(
-            f"{path}: not a readable PNG mask ({exc}); replace it, or move it away"
-        ) from None
-    return int(mask.sum()), mask.size
+def _files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+    """The files of `folder` with one of `suffixes`, hidden ones passed over, as the loader."""
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if not path.name.startswith(".")
+                  and path.suffix.lower() in suffixes and not path.is_dir())
 
 
 def _share(part: int, whole: int) -> float:
