@@ -111,15 +111,17 @@ def overlay(image: np.ndarray, labels: np.ndarray, colors, alpha: float = OVERLA
 
 
 def mosaic(tiles: list[np.ndarray], tile: int = MOSAIC_TILE) -> np.ndarray:
-    """uint8 RGB tiles resized to tile x tile and laid out in a near-square grid."""
+    """uint8 RGB tiles laid out in a near-square grid, each fitted into tile x tile (its shape
+    kept, centred on black)."""
     columns = math.ceil(math.sqrt(len(tiles)))
     rows = math.ceil(len(tiles) / columns)
     canvas = np.zeros((rows * tile, columns * tile, 3), np.uint8)
     for index, image in enumerate(tiles):
         row, column = divmod(index, columns)
-        canvas[row * tile:(row + 1) * tile, column * tile:(column + 1) * tile] = resize_image(
-            image, (tile, tile)
-        )
+        scale = tile / max(image.shape[:2])
+        height, width = (max(1, round(side * scale)) for side in image.shape[:2])
+        top, left = row * tile + (tile - height) // 2, column * tile + (tile - width) // 2
+        canvas[top:top + height, left:left + width] = resize_image(image, (height, width))
     return canvas
 
 

@@ -347,3 +347,13 @@ def test_random_crop_holds_foreground_as_often_as_asked():
     assert all(held[:40]) and sum(held[40:]) < 10
     again = random_crop(image, labels, 16, 1.0, np.random.default_rng(5))[1]
     assert np.array_equal(again, random_crop(image, labels, 16, 1.0, np.random.default_rng(5))[1])
+
+
+def test_the_mosaic_keeps_each_tiles_shape():
+    from flexunet_k3.inference import mosaic
+
+    wide = np.full((100, 200, 3), 255, np.uint8)  # fitted to 64 x 32, centred
+    canvas = mosaic([wide, np.full((10, 10, 3), 9, np.uint8)], tile=64)
+    assert canvas.shape == (64, 128, 3)
+    assert (canvas[16:48, :64] == 255).all() and not canvas[:16, :64].any()
+    assert not canvas[48:, :64].any() and (canvas[:, 64:] == 9).all()
