@@ -25,6 +25,12 @@ from flexunet_k3.precision import policy
 JIT = {"auto": "auto", "on": True, "off": False}  # train.jit -> keras' jit_compile
 
 
+# By class name, for this backend: Keras' torch backend saves its optimizers under its own
+# module (keras.src.backend.torch.optimizers.torch_adam), which would not run on another one.
+OPTIMIZERS = {cls.__name__: cls for cls in (keras.optimizers.Adam, keras.optimizers.AdamW,
+                                            keras.optimizers.SGD)}
+
+
 def make_optimizer(config: OptimizerConfig) -> keras.optimizers.Optimizer:
     """Adam, AdamW or SGD with the configured learning rate and gradient clipping."""
     common = {
@@ -137,7 +143,8 @@ def _read_model_file(path: Path, compile: bool):
     else:
         try:
             with current().scope():
-                return keras.saving.load_model(path, compile=compile, safe_mode=True)
+                return keras.saving.load_model(path, compile=compile, safe_mode=True,
+                                               custom_objects=OPTIMIZERS)
         except Exception as exc:  # a corrupt or foreign file fails in many ways
             if compile and "Could not locate class" in str(exc):
                 raise UserError(

@@ -2,6 +2,7 @@
 saved under each backend loads under each other and predicts the same."""
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import flexunet, write_config
 
 from flexunet_k3.backend import BACKENDS
 
@@ -82,3 +84,15 @@ def test_a_backend_loads_alone_and_starts_quietly(backend, tmp_path):
     imported = done.stdout.strip().split(",")
     assert backend in imported and ("tensorflow" in imported) == (backend == "tensorflow")
     assert "absl::InitializeLog" not in done.stderr and "I0000" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("resumed_on", ["tensorflow", "jax"])
+def test_a_run_trained_on_torch_resumes_on_another_backend(resumed_on, tmp_path, tiny_dataset):
+    """Keras' torch backend saves its optimizer under its own module, which runs on torch only."""
+    config = write_config(tmp_path, tiny_dataset, train={"epochs": 1, "epoch_change_infer": False})
+    done = flexunet("train", "--config", str(config), backend="torch")
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = flexunet("train", "--config", str(config), "--resume", "--set", "train.epochs=2",
+                    backend=resumed_on)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "history.json").read_text())["epoch"] == 2
