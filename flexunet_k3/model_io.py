@@ -120,8 +120,7 @@ def as_configured(model, config: Config):
     (stored in float32 either way).
     """
     precision = policy(config.train.precision)
-    first = next(layer for layer in model.layers if layer.weights)
-    if first.dtype_policy.name != precision:
+    if saved_precision(model) != precision:
         previous = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy(precision)
         try:
@@ -176,6 +175,11 @@ def _fits(found: tuple | None, expected: tuple) -> bool:
     return classes == wanted_classes and all(
         have in (None, want) for have, want in zip(size, wanted, strict=True)
     )
+
+
+def saved_precision(model) -> str:
+    """The precision policy `model` computes in (that of its first layer with weights)."""
+    return next(layer for layer in model.layers if layer.weights).dtype_policy.name
 
 
 def takes_any_size(model) -> bool:

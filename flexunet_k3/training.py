@@ -33,7 +33,13 @@ from flexunet_k3.errors import UserError, plural
 from flexunet_k3.files import write_text
 from flexunet_k3.interrupt import Interrupted, deferred, raise_if_pressed
 from flexunet_k3.memory import keep_freed_memory
-from flexunet_k3.model_io import compile_model, load_trained_model, save_model, takes_any_size
+from flexunet_k3.model_io import (
+    compile_model,
+    load_trained_model,
+    save_model,
+    saved_precision,
+    takes_any_size,
+)
 from flexunet_k3.precision import policy
 from flexunet_k3.run_folder import RunFolder, TrainState, prepare_run, start_writing
 
@@ -174,6 +180,13 @@ def _resume(run: RunFolder, config: Config) -> keras.Model:
             f"{run.last}: trained on whole images, this model cannot go on with "
             "train.crop_size; set it back to null, or train anew with --overwrite or in another "
             "train.output_dir"
+        )
+    saved, asked = saved_precision(model), policy(config.train.precision)
+    if saved != asked:  # its optimizer state (loss scaling too) belongs to the saved precision
+        raise UserError(
+            f"train.precision: {config.train.precision} ({asked}) but {run.last} trained in "
+            f"{saved}; --resume goes on in the run's precision: set train.precision: {saved}, or "
+            "train anew with --overwrite or in another train.output_dir"
         )
     wanted = config.optimizer.learning_rate
     if before is not None and wanted != before.optimizer.learning_rate:

@@ -130,13 +130,21 @@ def test_training_on_crops_gives_a_model_for_whole_images(tmp_path, tiny_dataset
         load_trained_model(tmp_path / "run" / "models" / "best.keras", config)
 
 
-def test_resume_refuses_crops_for_a_model_trained_on_whole_images(tmp_path, tiny_dataset):
+def test_resume_refuses_crops_or_a_precision_the_run_was_not_trained_with(tmp_path,
+                                                                         tiny_dataset):
     train_section = {"epochs": 1, "steps_per_epoch": 1, "epoch_change_infer": False}
     train(load_config(write_config(tmp_path, tiny_dataset, train=train_section)))
     config = load_config(write_config(
         tmp_path, tiny_dataset, train={**train_section, "epochs": 2, "crop_size": 16}
     ))
     with pytest.raises(UserError, match="trained on whole images.* train.crop_size; set it back"):
+        train(config, resume=True)
+    config = load_config(write_config(  # ignored before: the run went on in float32
+        tmp_path, tiny_dataset, train={**train_section, "epochs": 2,
+                                       "precision": "mixed_bfloat16"}
+    ))
+    with pytest.raises(UserError, match=r"train.precision: mixed_bfloat16 \(mixed_bfloat16\) "
+                       r"but .*last.keras trained in float32; --resume goes on"):
         train(config, resume=True)
 
 
