@@ -24,7 +24,7 @@ from flexunet_k3.benchmark import (
     scaling,
 )
 from flexunet_k3.config import MAX_BATCH_SIZE, load_config
-from flexunet_k3.errors import UserError, is_count
+from flexunet_k3.errors import UserError, is_count, plural
 from flexunet_k3.files import check_new_file, check_output_folder, write_json
 
 from .state import ConfigOption, Overrides, console
@@ -186,3 +186,5 @@ def benchmark(
     advice = recommendation(rows)
     if advice:
         console.print(advice, highlight=False)
+    if not any(row.error is None for row in rows):
+        raise UserError(f"no case ran ({plural(len(rows), 'case')}): the table says why")

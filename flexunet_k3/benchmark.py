@@ -286,7 +286,7 @@ def _worker(argv: list[str]) -> None:
     try:
         row = measure(config, case)
     except Exception as exc:  # a precision or jit mode the backend cannot run: report, not crash
-        row = Row(case=case, error=first_line(exc, typed=True))
+        row = Row(case=case, error=first_line(exc, typed=not isinstance(exc, UserError)))
     data = asdict(row)
     data.pop("case")
     print(json.dumps(data), flush=True)

@@ -82,3 +82,7 @@ def test_a_case_that_cannot_run_is_a_row_with_the_reason(tiny_config, tmp_path, 
     monkeypatch.setattr(benchmark, "installed_backends", lambda: [])
     absent = run_case(str(tiny_config), [], case, timeout=600)
     assert absent.error == f"{case.backend} is not installed"
+    done = flexunet("benchmark", "--config", str(tiny_config), "--backends", "torch", "--devices",
+                    "2", "--steps", "1", "--warmup", "1")  # torch: not installed, or no devices
+    assert done.returncode == 2 and "error: no case ran (1 case): the table says why" in done.stderr
+    assert "UserError" not in done.stdout
