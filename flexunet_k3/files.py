@@ -65,10 +65,12 @@ def staged(folder: Path) -> Iterator[Path]:
     home = folder.resolve() if folder.is_dir() else folder.parent
     try:
         home.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".flexunet-staging.", dir=home))
+        temporary = tempfile.TemporaryDirectory(prefix=".flexunet-staging.", dir=home,
+                                                ignore_cleanup_errors=True)
     except OSError as exc:  # named as the folder asked for, not its temporary twin
         raise OSError(exc.errno, exc.strerror, str(folder)) from None
-    try:
+    with temporary as name:
+        staging = Path(name)
         yield staging
         files = sorted(path for path in staging.rglob("*") if path.is_file())
         targets = [folder / path.relative_to(staging) for path in files]
@@ -79,8 +81,6 @@ def staged(folder: Path) -> Iterator[Path]:
                                       str(parent))
         for written, target in zip(files, targets, strict=True):
             os.replace(written, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def check_output_folder(output: Path, folders: Sequence[str] = ()) -> None:

@@ -19,9 +19,16 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
+import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from flexunet_k3.config import Config, ModelConfig, load_config, read_yaml, validation_message
+from flexunet_k3.config import (
+    MAX_CONFIG_BYTES,
+    Config,
+    ModelConfig,
+    load_config,
+    validation_message,
+)
 from flexunet_k3.errors import UserError, listing
 from flexunet_k3.files import (
     MAX_JSON_BYTES,
@@ -261,9 +268,9 @@ class TrainState:
 def _written_by_train(path: Path) -> bool:
     """Whether `path` holds, exactly, a resolved config as `flexunet train` writes it."""
     try:
-        data = read_yaml(path)
-        return Config.model_validate(data).to_yaml() == path.read_text(encoding="utf-8")
-    except (UserError, ValueError, OSError):  # ValidationError and UnicodeDecodeError too
+        text = read_bytes(path, "", MAX_CONFIG_BYTES).decode("utf-8")
+        return Config.model_validate(yaml.safe_load(text)).to_yaml() == text
+    except (UserError, ValueError, OSError, yaml.YAMLError, RecursionError):  # decoding too
         return False
 
 

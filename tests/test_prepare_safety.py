@@ -360,8 +360,8 @@ def test_staging_moves_no_file_when_a_target_folder_cannot_be_written(tmp_path, 
 def test_a_folder_that_cannot_be_made_is_named_not_its_staging_twin(tmp_path, monkeypatch):
     from flexunet_k3.files import staged
 
-    def refuse(prefix, dir):
-        raise PermissionError(13, "Permission denied", f"{dir}/{prefix}x1y2")
+    def refuse(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".flexunet-staging.x1y2"))
 
     monkeypatch.setattr("tempfile.mkdtemp", refuse)
     with pytest.raises(PermissionError) as caught, staged(tmp_path / "new"):

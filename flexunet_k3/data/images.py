@@ -101,17 +101,24 @@ def list_images(folder: Path, suffixes=IMAGE_SUFFIXES) -> tuple[list[Path], list
     if not folder.is_dir():
         problem = "a file, not a folder" if folder.exists() else "folder not found"
         raise UserError(f"{folder}: {problem}; check the path")
-    paths, skipped = [], []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.is_dir():
-            continue
-        (paths if path.suffix.lower() in suffixes else skipped).append(path)
+    paths, skipped = files_in(folder, suffixes)
     if not paths:
         raise UserError(
             f"{folder}: no image files ({' '.join(suffixes)}) found; "
             "put the files there or fix the path in the config"
         )
     return paths, [path.name for path in skipped]
+
+
+def files_in(folder: Path, suffixes=IMAGE_SUFFIXES) -> tuple[list[Path], list[Path]]:
+    """(sorted files of the folder `folder` with one of `suffixes`, its other files); hidden
+    files and subfolders are passed over."""
+    paths, others = [], []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.is_dir():
+            continue
+        (paths if path.suffix.lower() in suffixes else others).append(path)
+    return paths, others
 
 
 def image_files(folder: Path, suffixes=IMAGE_SUFFIXES) -> list[Path]:

@@ -18,7 +18,7 @@ from ..errors import UserError, first_line
 from ..files import MAX_JSON_BYTES, describe, read_bytes, replacing, write_json
 from ..progress import track
 from .cases import SPLITS, case_of
-from .images import IMAGE_SUFFIXES, MASK_SUFFIXES
+from .images import IMAGE_SUFFIXES, MASK_SUFFIXES, files_in
 from .masks import Color, read_mask, warn_off_color
 
 MINI_TEST = "mini_test"
@@ -125,11 +125,8 @@ def update_statistics(folder: Path, colors: Sequence[Color] | None = None) -> di
 
 
 def _files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
-    """The files of `folder` with one of `suffixes`, hidden ones passed over, as the loader."""
-    if not folder.is_dir():
-        return []
-    return sorted(path for path in folder.iterdir() if not path.name.startswith(".")
-                  and path.suffix.lower() in suffixes and not path.is_dir())
+    """The files of `folder` with one of `suffixes` as the loader lists them; none if no folder."""
+    return files_in(folder, suffixes)[0] if folder.is_dir() else []
 
 
 def _share(part: int, whole: int) -> float:
