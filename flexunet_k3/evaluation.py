@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 from flexunet_k3 import scores
 from flexunet_k3.data.cases import case_of
 from flexunet_k3.data.images import MASK_SUFFIXES, pair_files
-from flexunet_k3.data.masks import read_mask, warn_off_color
+from flexunet_k3.data.masks import read_mask, read_pair, warn_off_color
 from flexunet_k3.errors import UserError, plural
 from flexunet_k3.files import write_json, write_text
 from flexunet_k3.progress import track
@@ -198,18 +199,45 @@ def _number(value: float) -> str:
 
 
 def evaluate_model(model, config) -> Report:
-    """Score `model` on the test split (images and masks at the model's size)."""
-    from flexunet_k3.data.dataset import dataset_from_config  # imports keras: not at the top
-    from flexunet_k3.inference import predict_batch
+    """Score `model` on the test split at each mask's own size: the probabilities that `infer`
+    makes its masks from (resized back to the image's size; infer.mirror as set) against the
+    mask file. The loss is taken, as Keras' evaluate would, over batches of train.batch_size
+    consecutive images (a batch ends early where the image size changes)."""
+    from flexunet_k3.inference import iter_probabilities  # imports keras: not at the top
 
-    data = dataset_from_config(config, "test", training=False)
+    pairs = pair_files(*config.data.split_dirs("test"))
+    colors = [spec.color for spec in config.data.classes]
+    off_color = np.zeros(len(pairs), np.int64)
+    truths: deque[np.ndarray] = deque()  # read, not yet scored: at most one inference batch
+
+    def images():
+        for row, (image_path, mask_path) in enumerate(pairs):
+            image, labels, off_color[row] = read_pair(
+                image_path, mask_path, config.model.image_channels, colors
+            )
+            truths.append(labels)
+            yield image
+
     scorer = Scorer([spec.name for spec in config.data.classes], config.train.loss)
-    for index in track(range(len(data)), "evaluating (batches)"):
-        images, labels = data[index]
-        samples = data.order[index * data.batch_size :][: len(labels)]
-        names = [data.pairs[sample][0].name for sample in samples]
-        scorer.add(names, labels, predict_batch(model, images, data.batch_size))
+    scored = zip(pairs, iter_probabilities(model, images(), config), strict=True)
+    batch: list[tuple[str, np.ndarray, np.ndarray]] = []
+    for (image_path, _), probabilities in track(scored, "evaluating", total=len(pairs)):
+        truth = truths.popleft()
+        if batch and (len(batch) == config.train.batch_size or batch[0][1].shape != truth.shape):
+            scorer.add(*_stacked(batch))
+            batch = []
+        batch.append((image_path.name, truth, probabilities))
+    if batch:
+        scorer.add(*_stacked(batch))
+    if pairs:
+        warn_off_color(pairs[0][1].parent, off_color, stacklevel=2)
     return scorer.report()
+
+
+def _stacked(batch: list[tuple[str, np.ndarray, np.ndarray]]):
+    """(names, labels (B, H, W), probabilities (B, H, W, C)) of same-size images."""
+    names, truths, probabilities = zip(*batch, strict=True)
+    return list(names), np.stack(truths), np.stack(probabilities)
 
 
 def evaluate_folders(predictions_dir: Path, masks_dir: Path, classes) -> Report:

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import assert_one_line_error, flexunet, read_csv, write_config
+from PIL import Image
 
 from flexunet_k3.config import load_config
 from flexunet_k3.data.dataset import dataset_from_config
@@ -55,6 +56,44 @@ def test_model_evaluation_reports_agree(trained_run, tmp_path):
     from_model, from_files = (
         [[row[key] for key in counts] for row in read_csv(folder / "evaluation_per_image.csv")]
         for folder in (run, tmp_path / "scores")
+    )
+    assert from_files == from_model
+
+
+def test_model_is_scored_at_each_masks_own_size(trained_run, tiny_dataset, tmp_path):
+    """Test images larger than the model (two sizes) are scored at their own size: the counts
+    are the mask files' and agree with infer's masks scored as files."""
+    test = tmp_path / "test"
+    sizes = {}
+    for index, path in enumerate(sorted((tiny_dataset / "test" / "images").iterdir())):
+        side = 96 if index < 5 else 80
+        for kind, resample in (("images", Image.Resampling.BILINEAR),
+                               ("masks", Image.Resampling.NEAREST)):
+            (test / kind).mkdir(parents=True, exist_ok=True)
+            source = Image.open(tiny_dataset / "test" / kind / path.name)
+            source.resize((side, side), resample).save(test / kind / path.name)
+        sizes[path.name] = side
+    moved = ["--set", f"data.test_images={test / 'images'}",
+             "--set", f"data.test_masks={test / 'masks'}"]
+    done = flexunet("evaluate", "--config", str(trained_run), *moved,
+                    "--output", str(tmp_path / "model"))
+    assert done.returncode == 0, done.stderr
+    rows = read_csv(tmp_path / "model" / "evaluation_per_image.csv")
+    truth = {name: int((np.asarray(Image.open(test / "masks" / name)) == 255).sum())
+             for name in sizes}
+    assert {row["image"]: int(row["true_pixels"]) for row in rows} == truth
+    assert max(truth.values()) > 32 * 32 // 4  # more than a 32x32 mask could hold
+
+    masks = tmp_path / "masks"
+    assert flexunet("infer", "--config", str(trained_run), "--images", str(test / "images"),
+                    "--output", str(masks)).returncode == 0
+    done = flexunet("evaluate", "--predictions", str(masks), "--masks", str(test / "masks"),
+                    "--output", str(tmp_path / "files"))
+    assert done.returncode == 0, done.stderr
+    counts = ("image", "true_pixels", "pred_pixels", "intersection")
+    from_model, from_files = (
+        [[row[key] for key in counts] for row in read_csv(folder / "evaluation_per_image.csv")]
+        for folder in (tmp_path / "model", tmp_path / "files")
     )
     assert from_files == from_model
 

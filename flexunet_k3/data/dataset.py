@@ -16,14 +16,8 @@ import numpy as np
 
 from flexunet_k3.config import Config
 from flexunet_k3.data.augment import Augmenter, random_crop
-from flexunet_k3.data.images import (
-    pair_files,
-    read_image,
-    resize_image,
-    resize_labels,
-    to_float,
-)
-from flexunet_k3.data.masks import read_mask, warn_off_color
+from flexunet_k3.data.images import pair_files, resize_image, resize_labels, to_float
+from flexunet_k3.data.masks import read_pair, warn_off_color
 from flexunet_k3.distribution import Placement
 from flexunet_k3.errors import UserError, plural
 from flexunet_k3.files import replacing, write_json
@@ -34,15 +28,8 @@ CROP_STREAM = 1  # seeds a sample's crop apart from its augmentation: [seed, epo
 
 
 def load_pair(image_path: Path, mask_path: Path, size: Size, channels: int, colors):
-    """(uint8 (h, w, C) image, uint8 (h, w) labels, off-color pixel count) at `size`; a
-    UserError where the mask's size is not its image's."""
-    image = read_image(image_path, channels)
-    labels, off_color = read_mask(mask_path, colors)
-    if labels.shape != image.shape[:2]:
-        raise UserError(
-            f"{mask_path}: {labels.shape[1]}x{labels.shape[0]} pixels but its image "
-            f"{image_path} has {image.shape[1]}x{image.shape[0]}; a mask needs its image's size"
-        )
+    """`read_pair`, with image and labels resized to `size`."""
+    image, labels, off_color = read_pair(image_path, mask_path, channels, colors)
     return resize_image(image, size), resize_labels(labels, size), off_color
 
 

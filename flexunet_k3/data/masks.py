@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from flexunet_k3.data.images import check_regular_file, open_image
+from flexunet_k3.data.images import check_regular_file, open_image, read_image
 from flexunet_k3.errors import UserError, first_line, plural
 
 Color = Sequence[int]
@@ -101,6 +101,19 @@ def read_mask(path: Path, colors: Sequence[Color]) -> tuple[np.ndarray, int]:
         hint = f" (a {bits}-bit mask holds class ids, not colors)"
         return _class_ids(path, np.asarray(img), len(colors), hint), 0
     return colors_to_labels(np.asarray(img), colors)
+
+
+def read_pair(image_path: Path, mask_path: Path, channels: int, colors: Sequence[Color]):
+    """(uint8 (H, W, channels) image, uint8 (H, W) class ids, off-color pixel count) at the files'
+    own size; a UserError where the mask's size is not its image's."""
+    image = read_image(image_path, channels)
+    labels, off_color = read_mask(mask_path, colors)
+    if labels.shape != image.shape[:2]:
+        raise UserError(
+            f"{mask_path}: {labels.shape[1]}x{labels.shape[0]} pixels but its image "
+            f"{image_path} has {image.shape[1]}x{image.shape[0]}; a mask needs its image's size"
+        )
+    return image, labels, off_color
 
 
 def warn_off_color(folder: Path, per_mask: np.ndarray, stacklevel: int) -> None:
