@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from flexunet_k3 import scores
-from flexunet_k3.data.cases import case_of
-from flexunet_k3.data.images import MASK_SUFFIXES, pair_files
+from flexunet_k3.data.cases import case_of, warn_shared_cases
+from flexunet_k3.data.images import MASK_SUFFIXES, files_in, pair_files
 from flexunet_k3.data.masks import read_mask, read_pair, warn_off_color
 from flexunet_k3.errors import UserError, plural
 from flexunet_k3.files import write_json, write_text
@@ -206,6 +206,8 @@ def evaluate_model(model, config) -> Report:
     from flexunet_k3.inference import iter_probabilities  # imports keras: not at the top
 
     pairs = pair_files(*config.data.split_dirs("test"))
+    warn_shared_cases([image for image, _ in pairs], _training_images(config), "train or valid",
+                      "the test scores are not held out")
     colors = [spec.color for spec in config.data.classes]
     off_color = np.zeros(len(pairs), np.int64)
     truths: deque[np.ndarray] = deque()  # read, not yet scored: at most one inference batch
@@ -232,6 +234,19 @@ def evaluate_model(model, config) -> Report:
     if pairs:
         warn_off_color(pairs[0][1].parent, off_color, stacklevel=2)
     return scorer.report()
+
+
+def _training_images(config) -> list[Path]:
+    """The train and valid images, where their folders are set and exist."""
+    paths = []
+    for split in ("train", "valid"):
+        try:
+            folder = config.data.split_dirs(split)[0]
+        except UserError:  # neither data.dataset nor data.{split}_*: nothing to compare with
+            continue
+        if folder.is_dir():
+            paths += files_in(folder)[0]
+    return paths
 
 
 def _stacked(batch: list[tuple[str, np.ndarray, np.ndarray]]):

@@ -26,6 +26,7 @@ from flexunet_k3.callbacks import (
     Throughput,
 )
 from flexunet_k3.config import Config
+from flexunet_k3.data.cases import warn_shared_cases
 from flexunet_k3.data.dataset import dataset_from_config
 from flexunet_k3.data.images import check_unique_stems, list_images
 from flexunet_k3.distribution import Placement, start
@@ -119,6 +120,10 @@ def _fit(
     """
     train_data = dataset_from_config(config, "train", training=True, placement=placement)
     valid_data = dataset_from_config(config, "valid", training=False, placement=placement)
+    if placement.writes:
+        warn_shared_cases([image for image, _ in valid_data.pairs],
+                          [image for image, _ in train_data.pairs], "train",
+                          "validation scores (and early stopping) see patients trained on")
     if valid_data.left_out and placement.writes:
         warnings.warn(
             f"validation leaves out the last {plural(valid_data.left_out, 'image')} of "

@@ -98,6 +98,17 @@ def test_model_is_scored_at_each_masks_own_size(trained_run, tiny_dataset, tmp_p
     assert from_files == from_model
 
 
+def test_test_patients_seen_in_training_are_named(trained_run, tiny_dataset, tmp_path):
+    valid = tiny_dataset / "valid"
+    done = flexunet("evaluate", "--config", str(trained_run), "--output", str(tmp_path),
+                    "--set", f"data.test_images={valid / 'images'}",
+                    "--set", f"data.test_masks={valid / 'masks'}")
+    assert done.returncode == 0, done.stderr
+    assert (f"warning: {valid / 'images'}: 2 cases (201, 202) also in the train or valid split"
+            in done.stderr)
+    assert "the test scores are not held out" in done.stderr
+
+
 def test_a_float32_model_predicts_under_the_configured_precision(trained_run):
     best = trained_run.parent / "run" / "models" / "best.keras"
     config = load_config(trained_run, ["train.precision=mixed_bfloat16", "train.jit=off"])

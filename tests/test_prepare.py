@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tarfile
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -19,7 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from flexunet_k3.cli.app import app
-from flexunet_k3.data.cases import SPLITS, case_of, read_splits, split_cases
+from flexunet_k3.data.cases import SPLITS, case_of, read_splits, split_cases, warn_shared_cases
 from flexunet_k3.data.msd import prepare_msd
 from flexunet_k3.data.statistics import MINI_TEST, dataset_statistics, update_statistics
 from flexunet_k3.data.synthetic import write_synthetic_dataset
@@ -98,6 +99,22 @@ def test_split_cases_by_patient():
     assert sorted(sum(split.values(), [])) == cases
     assert split == split_cases(list(reversed(cases)), (0.7, 0.15, 0.15), seed=1)
     assert [len(v) for v in split_cases(cases[:3], (0.7, 0.15, 0.15), seed=1).values()] == [1, 1, 1]
+
+
+def test_cases_on_both_sides_of_a_split_are_named():
+    test = [Path("test/images") / f"{name}.png" for name in ("7_1", "7_2", "8_1", "x", "c_1")]
+    seen = [Path("train/images") / f"{name}.png" for name in ("7_9", "9_1", "x", "c_2", "d_3")]
+    with pytest.warns(UserWarning) as caught:
+        warn_shared_cases(test, seen, "train", "scores are not held out")
+    assert [str(w.message) for w in caught] == [
+        f"{Path('test/images')}: 3 cases (7, c, x) also in the train split (a case is the "
+        "file-name part before the first underscore): scores are not held out; split by "
+        "patient, as `flexunet prepare msd` does"
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_shared_cases(test[1:], [Path("9_2.png")], "train", "")
+        warn_shared_cases([], seen, "train", "")
 
 
 def test_prepare_synthetic_at_512(prepared):

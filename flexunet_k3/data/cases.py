@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, plural
 from ..files import MAX_JSON_BYTES, read_bytes, write_json
 
 SPLITS = ("train", "valid", "test")
@@ -27,6 +28,21 @@ MAX_SEED = 2**32 - 1  # seeds of `prepare` run 0 to this
 def case_of(path: str | Path) -> str:
     """The patient a slice belongs to: the file-name part before the first underscore."""
     return Path(path).stem.split("_", 1)[0]
+
+
+def warn_shared_cases(held_out: Sequence[Path], seen: Sequence[Path], seen_splits: str,
+                      consequence: str) -> None:
+    """Warn where cases of the `held_out` images also have images in `seen` (`seen_splits`
+    names those splits): slices of one patient on both sides make the held-out scores flatter."""
+    shared = sorted({case_of(path) for path in held_out} & {case_of(path) for path in seen})
+    if shared:
+        named = ", ".join(shared[:3]) + (", ..." if len(shared) > 3 else "")
+        warnings.warn(
+            f"{held_out[0].parent}: {plural(len(shared), 'case')} ({named}) also in the "
+            f"{seen_splits} split (a case is the file-name part before the first underscore): "
+            f"{consequence}; split by patient, as `flexunet prepare msd` does",
+            stacklevel=3,
+        )
 
 
 def case_id(name: str) -> str:
