@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -85,6 +86,10 @@ def start(config: Config, backend: str, command: str) -> Placement:
     global _current
     train = config.train
     if train.distribution == "none":
+        if train.devices != "all" and train.devices > 1:
+            warnings.warn(f"train.devices is {train.devices} but train.distribution is none: "
+                          f"{command} runs on one device; set train.distribution: "
+                          "data_parallel to use several", stacklevel=2)
         _current = Placement()
         return _current
     if backend not in BACKENDS_WITH_IT:

@@ -104,6 +104,17 @@ def test_the_lung_settings_and_the_largest_values_pass(tmp_path):
     assert load_config(write(tmp_path, "optimizer: {learning_rate: 1e-4}")).optimizer.learning_rate
 
 
+def test_several_devices_without_data_parallel_are_named(recwarn):
+    from flexunet_k3.distribution import start
+
+    start(Config.model_validate({"train": {"devices": 1}}), "jax", "flexunet train")
+    start(Config(), "jax", "flexunet train")
+    assert not recwarn.list
+    with pytest.warns(UserWarning, match="train.devices is 4 but train.distribution is none: "
+                      "flexunet infer runs on one device; set train.distribution: data_parallel"):
+        start(Config.model_validate({"train": {"devices": 4}}), "torch", "flexunet infer")
+
+
 @pytest.mark.parametrize(
     "override, expected",
     [
