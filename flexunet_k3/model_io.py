@@ -25,25 +25,25 @@ from flexunet_k3.precision import policy
 JIT = {"auto": "auto", "on": True, "off": False}  # train.jit -> keras' jit_compile
 
 
-# By class name, for this backend: Keras' torch backend saves its optimizers under its own
-# module (keras.src.backend.torch.optimizers.torch_adam), which would not run on another one.
-OPTIMIZERS = {cls.__name__: cls for cls in (keras.optimizers.Adam, keras.optimizers.AdamW,
-                                            keras.optimizers.SGD)}
+OPTIMIZERS = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
+              "sgd": keras.optimizers.SGD}
+# Loaded by class name, for this backend: Keras' torch backend saves its optimizers under its
+# own module (keras.src.backend.torch.optimizers.torch_adam), which would not run on another.
+_BY_CLASS_NAME = {cls.__name__: cls for cls in OPTIMIZERS.values()}
 
 
 def make_optimizer(config: OptimizerConfig) -> keras.optimizers.Optimizer:
     """Adam, AdamW or SGD with the configured learning rate and gradient clipping."""
-    common = {
+    options = {
         "learning_rate": config.learning_rate,
         "clipvalue": config.clipvalue,
         "clipnorm": config.clipnorm,
     }
-    if config.name == "adam":
-        return keras.optimizers.Adam(**common)
     if config.name == "adamw":
-        weight_decay = 0.004 if config.weight_decay is None else config.weight_decay
-        return keras.optimizers.AdamW(weight_decay=weight_decay, **common)
-    return keras.optimizers.SGD(momentum=config.momentum, **common)
+        options["weight_decay"] = 0.004 if config.weight_decay is None else config.weight_decay
+    elif config.name == "sgd":
+        options["momentum"] = config.momentum
+    return OPTIMIZERS[config.name](**options)
 
 
 def new_model(config: Config) -> keras.Model:
@@ -143,7 +143,7 @@ def _read_model_file(path: Path, compile: bool):
         try:
             with current().scope():
                 return keras.saving.load_model(path, compile=compile, safe_mode=True,
-                                               custom_objects=OPTIMIZERS)
+                                               custom_objects=_BY_CLASS_NAME)
         except Exception as exc:  # a corrupt or foreign file fails in many ways
             if compile and "Could not locate class" in str(exc):
                 raise UserError(
