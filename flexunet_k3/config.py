@@ -412,14 +412,19 @@ class Config(Section):
 
 def _format_error(error: dict, overridden: Collection[str]) -> str:
     """`key: problem`, the key as `--set key` where an override set it (or created its
-    section), and `key (with --set ...)` where overrides set keys inside it. A check across
-    sections (Config's own validators) names its key first: "section.key: problem"."""
+    section), and `key (with --set ...)` where overrides set keys inside it or, for a check
+    across sections (Config's own validators, which name their key first: "section.key:
+    problem"), keys the problem names."""
     key = ".".join(str(part) for part in error["loc"])
     message = error["msg"].removeprefix("Value error, ")
-    if not key and error["type"] == "value_error":
+    across = not key and error["type"] == "value_error"
+    if across:
         key, _, message = message.partition(": ")
     shown = key if key.isprintable() else repr(key)  # a key holding a line break or a tab
-    inside = sorted(name for name in overridden if name.startswith(key + ".")) if key else []
+    inside = sorted(
+        name for name in overridden
+        if name.startswith(key + ".") or (across and _names(message, name))
+    ) if key else []
     if any(key == name or key.startswith(name + ".") for name in overridden):
         where = f"--set {shown}"
     elif inside:
@@ -431,6 +436,11 @@ def _format_error(error: dict, overridden: Collection[str]) -> str:
     if error["type"] == "path_type":  # pydantic's words name the Python class
         return f"{where}: expected a path, got {_as_yaml(error['input'])}"
     return f"{where}: {message}"
+
+
+def _names(message: str, key: str) -> bool:
+    """Whether `message` names `key` (`model` is not named by `model.num_classes`)."""
+    return re.search(rf"(?<![\w.]){re.escape(key)}(?![\w.])", message) is not None
 
 
 def validation_message(

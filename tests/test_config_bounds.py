@@ -135,6 +135,10 @@ def test_a_check_over_keys_from_both_names_the_file_and_the_set_key(tmp_path):
     path = write(tmp_path, "model: {num_layers: 4}\n")
     message = refused(path, ["model.image_height=100"])
     assert message.startswith(f"{path}: model (with --set model.image_height): image_height 100")
+    message = refused(path, ["model.num_classes=3"])  # a check across sections
+    assert message.startswith(f"{path}: data.classes (with --set model.num_classes): 2 classes")
+    message = refused(path, ["model.num_classes=3", "model.num_layers=4"])
+    assert "(with --set model.num_classes):" in message  # model.num_layers is not named
 
 
 def test_set_keys_with_empty_parts_are_refused_and_empty_sections_filled(tmp_path, monkeypatch):
