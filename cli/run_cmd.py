@@ -69,8 +69,11 @@ def train(
     if not result.writes:
         return
     if result.model is None:
-        _say(f"nothing to train: {run.root} holds {state.describe()}; "
-             "raise train.epochs to train longer")
+        spent = state.spent(cfg.train.epochs, cfg.train.patience)
+        why = (f", early stopped {plural(state.epoch - state.best_epoch, 'epoch')} after its "
+               f"best (epoch {state.best_epoch})" if "train.patience" in spent else "")
+        _say(f"nothing to train: {run.root} holds {state.describe()}{why}; raise "
+             f"{' and '.join(spent)} to train longer")
         return
     _say(
         f"{state.status.replace('_', ' ')} after {plural(state.epoch, 'epoch')}; best val_loss "

@@ -255,6 +255,14 @@ class TrainState:
         done = "a finished run" if self.finished else "an unfinished run"
         return f"{done} ({self.epoch}/{self.epochs} epochs)"
 
+    def spent(self, epochs: int, patience: int) -> list[str]:
+        """The settings that leave this run nothing to train on --resume: train.epochs where
+        it ran them all, train.patience where it stopped early and would stop again at once."""
+        spent = ["train.epochs"] if self.epoch >= epochs else []
+        if self.status == "early_stopped" and self.epoch - self.best_epoch >= patience:
+            spent.append("train.patience")
+        return spent
+
     def record(self, logs: dict) -> None:
         """Append one epoch's logs (loss, metrics, val_*, learning_rate) to the history."""
         self.epoch += 1

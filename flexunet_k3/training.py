@@ -98,8 +98,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> T
                                 infer_stems=[path.stem for path in infer_paths])
         else:  # process 0's run folder, where the hosts share it
             state = run.read_state() if resume else None
-        if state is not None and (state.status == "early_stopped"
-                                  or state.epoch >= config.train.epochs):
+        if state is not None and state.spent(config.train.epochs, config.train.patience):
             return TrainResult(state, None, placement.writes)
         state = state or TrainState(epochs=config.train.epochs)
         with deferred():  # Ctrl-C waits for a safe point (flexunet_k3.interrupt)

@@ -223,6 +223,28 @@ def test_resume_takes_a_changed_learning_rate_and_keeps_a_reached_one(tmp_path, 
         train(load_config(wider), resume=True)
 
 
+def test_an_early_stopped_run_resumes_with_more_patience(tmp_path, tiny_dataset):
+    def config(epochs: int, patience: int) -> Path:
+        train = {"epochs": epochs, "patience": patience, "epoch_change_infer": False}
+        return write_config(tmp_path, tiny_dataset, train=train)
+
+    train(load_config(config(2, 5)))
+    history = tmp_path / "run" / "history.json"
+    state = read_state(tmp_path / "run")  # as if it had stopped early after epoch 2
+    history.write_text(json.dumps({**state, "status": "early_stopped", "best_epoch": 1}))
+
+    done = flexunet("train", "--config", str(config(4, 1)), "--resume")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith("holds a finished run (2/2 epochs), early stopped 1 epoch after "
+                                "its best (epoch 1); raise train.patience to train longer\n")
+    assert train(load_config(config(2, 3)), resume=True).model is None  # both spent
+    assert TrainState(**read_state(tmp_path / "run")).spent(2, 3) == ["train.epochs"]
+    result = train(load_config(config(4, 3)), resume=True)
+    assert result.model is not None and result.state.epoch == 4
+    assert read_state(tmp_path / "run")["status"] in ("completed", "early_stopped")
+    assert len(read_state(tmp_path / "run")["history"]["loss"]) == 4
+
+
 def test_ctrl_c_during_epoch_end_callbacks_lets_them_finish(tmp_path, tiny_dataset, monkeypatch):
     class CtrlCWhilePredicting(training.EpochChangeInfer):
         def on_epoch_end(self, epoch, logs=None):
