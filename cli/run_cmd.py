@@ -183,10 +183,9 @@ def evaluate(
             run = RunFolder(cfg.train.output_dir)
             folder = output or run.root
             with warnings_as_lines(), run.locked_for(folder, "flexunet evaluate"):
-                _refuse_others(run, folder, EVALUATION_FILES, overwrite, ours=output is None)
+                refuse_overwriting(folder, EVALUATION_FILES, overwrite, run.owned_in(folder))
                 report = evaluate_model(_best_model(run, cfg, "flexunet evaluate"), cfg)
-                if output is None:
-                    run.claim(folder / name for name in EVALUATION_FILES)
+                run.claim_in(folder, EVALUATION_FILES)
                 write_report(report, folder)
     summary = report.summary
     counts = f"{plural(summary['images'], 'image')}, {plural(summary['cases'], 'case')}"
@@ -196,12 +195,6 @@ def evaluate(
     console.print(table)
     _say(f"wrote {folder / 'evaluation.csv'} and evaluation.json, evaluation_per_image.csv, "
          "evaluation_per_case.csv beside it")
-
-
-def _refuse_others(run: RunFolder, folder: Path, names, overwrite: bool, *, ours: bool) -> None:
-    """Refuse files under `names` in `folder` unless --overwrite; in the run folder (`ours`)
-    those the run wrote itself are replaced without it."""
-    refuse_overwriting(folder, names, overwrite, owned=run.owned() if ours else ())
 
 
 def _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, output,
@@ -237,11 +230,10 @@ def _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, 
             run = RunFolder(cfg.train.output_dir)
             folder = output or run.root
             with warnings_as_lines(), run.locked_for(folder, "flexunet evaluate"):
-                _refuse_others(run, folder, ve.REPORT_FILES, overwrite, ours=output is None)
+                refuse_overwriting(folder, ve.REPORT_FILES, overwrite, run.owned_in(folder))
                 model = _best_model(run, cfg, "flexunet evaluate")
                 report = ve.evaluate_held_out(model, cfg, inputs, window, tolerance_mm)
-                if output is None:
-                    run.claim(folder / name for name in ve.REPORT_FILES)
+                run.claim_in(folder, ve.REPORT_FILES)
                 ve.write_volume_report(report, folder)
     table = Table("metric", "mean ± std", "median", "counted",
                   title=f"whole-volume scores ({plural(report.summary['volumes'], 'volume')}, "
@@ -301,11 +293,13 @@ def infer(
         run = RunFolder(cfg.train.output_dir)
         output_dir = output or cfg.infer.output_dir or run.infer_dir
         with warnings_as_lines(), run.locked_for(output_dir, "flexunet infer"):
+            model = _best_model(run, cfg, "flexunet infer")
             result = infer_folder(
-                _best_model(run, cfg, "flexunet infer"), cfg, images_dir, output_dir,
+                model, cfg, images_dir, output_dir,
                 with_overlays=cfg.infer.overlay if overlay is None else overlay,
-                overwrite=overwrite,
+                overwrite=overwrite, owned=run.owned_in(output_dir),
             )
+            run.claim_in(output_dir, result.files)
     if result.skipped:
         print_warning(f"skipped {plural(len(result.skipped), 'non-image file')} in "
                       f"{images_dir}: " + ", ".join(result.skipped))
@@ -336,5 +330,7 @@ def _infer_volumes(config, overrides, volumes, split, images, probabilities, out
         with warnings_as_lines(), run.locked_for(output_dir, "flexunet infer"):
             model = _best_model(run, cfg, "flexunet infer")
             result = infer_volumes(model, cfg, inputs, output_dir, window=window,
-                                   probabilities=probabilities, overwrite=overwrite)
+                                   probabilities=probabilities, overwrite=overwrite,
+                                   owned=run.owned_in(output_dir))
+            run.claim_in(output_dir, result.files)
     _say(f"wrote {plural(len(result.written), 'label volume')} to {result.output_dir}")

@@ -6,7 +6,7 @@ a mosaic), in `volume_inference` NIfTI volumes.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,19 +169,20 @@ class InferResult:
     written: int
     skipped: list[str]
     output_dir: Path
+    files: list[str]  # all written, relative to output_dir
 
 
 def infer_folder(
     model, config: Config, images_dir: Path, output_dir: Path, *, with_overlays: bool,
-    overwrite: bool = False,
+    overwrite: bool = False, owned: Collection[Path] = (),
 ) -> InferResult:
     """Masks for every image in `images_dir` (other files are skipped and named in the result).
 
     Overlays go to `output_dir/overlays/`, their mosaic to `output_dir/mosaic/mosaic.png`
     (subfolders, so the output folder holds only masks and can be scored as it is). Files of
-    the same names already in `output_dir` are refused unless `overwrite`. Files are written
-    beside `output_dir` first and moved in once all are done: an unreadable image or a Ctrl-C
-    leaves `output_dir` as it was.
+    the same names already in `output_dir` are refused unless `overwrite` or `owned`. Files
+    are written beside `output_dir` first and moved in once all are done: an unreadable image
+    or a Ctrl-C leaves `output_dir` as it was.
     """
     paths, skipped = list_images(images_dir)
     if output_dir.resolve() == images_dir.resolve():
@@ -190,7 +191,7 @@ def infer_folder(
     names = [f"{path.stem}.png" for path in paths]
     if with_overlays:
         names += [f"overlays/{name}" for name in names] + ["mosaic/mosaic.png"]
-    refuse_overwriting(output_dir, names, overwrite)
+    refuse_overwriting(output_dir, names, overwrite, owned)
     with staged(output_dir) as staging:
         write_predictions(
             model, paths, config, staging,
@@ -198,4 +199,4 @@ def infer_folder(
             mosaic_path=staging / "mosaic" / "mosaic.png" if with_overlays else None,
             description="inferring",
         )
-    return InferResult(len(paths), skipped, output_dir)
+    return InferResult(len(paths), skipped, output_dir, names)

@@ -123,11 +123,32 @@ class RunFolder:
         return {path for path in (*known, *epoch_images) if path.is_file()}
 
     def claim(self, paths: Iterable[Path]) -> None:
-        """Record `paths` (under the root) in the manifest as ours, before writing them."""
-        names = {path.relative_to(self.root).as_posix() for path in paths}
-        if self.manifest.exists():
-            names |= self._manifest_names()
+        """Record `paths` (under the root) in the manifest as ours, besides those it owns."""
+        names = {path.relative_to(self.root).as_posix() for path in [*paths, *self.owned()]}
         write_json(self.manifest, {"files": sorted(names)})
+
+    def owned_in(self, folder: Path) -> set[Path]:
+        """The files this run owns in `folder` (spelt as under `folder`: a command writing
+        there may replace them); none where `folder` is not in the run folder."""
+        inside = self._inside(folder)
+        if inside is None:
+            return set()
+        return {folder / path.relative_to(inside) for path in self.owned()
+                if path.is_relative_to(inside)}
+
+    def claim_in(self, folder: Path, names: Iterable[str]) -> None:
+        """Record the files `names` (relative to `folder`) as ours, where `folder` lies in the
+        run folder: `train --overwrite` then removes them with the run."""
+        inside = self._inside(folder)
+        if inside is not None:
+            self.claim(inside / name for name in names)
+
+    def _inside(self, folder: Path) -> Path | None:
+        """`folder` spelt from the root (links resolved), or None if it is not in the run
+        folder."""
+        if not self.contains(folder):
+            return None
+        return self.root / folder.resolve().relative_to(self.root.resolve())
 
     def _manifest_names(self) -> set[str]:
         hint = "delete it and move this run's files away by hand"

@@ -10,7 +10,7 @@ the volume, its label map (and probabilities, if asked) and one batch.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,16 +129,19 @@ def _slices(display: np.ndarray, window) -> Iterator[np.ndarray]:
 
 @dataclass
 class VolumeResult:
-    written: list[str]
+    written: list[str]  # the label volumes
     output_dir: Path
+    files: list[str]  # all written (probabilities too), relative to output_dir
 
 
 def infer_volumes(
     model, config: Config, inputs: list[VolumeInput], output_dir: Path, *,
     window: tuple[float, float], probabilities: bool = False, overwrite: bool = False,
+    owned: Collection[Path] = (),
 ) -> VolumeResult:
     """Write `NAME.nii.gz` label maps (and `NAME_probabilities.nii.gz`, 4D, uint8 read back as
-    0..1) for each input into `output_dir`, staged beside it and moved in at the end."""
+    0..1) for each input into `output_dir`, staged beside it and moved in at the end. Files of
+    those names already there are refused unless `overwrite` or `owned`."""
     names = [f"{item.name}.nii.gz" for item in inputs]
     if probabilities:
         names += [f"{item.name}{PROBABILITIES_SUFFIX}.nii.gz" for item in inputs]
@@ -152,7 +155,7 @@ def infer_volumes(
         if (output_dir / name).resolve() in sources:
             raise UserError(f"{output_dir / name}: is an input volume, which the output would "
                             "replace; choose another --output")
-    refuse_overwriting(output_dir, names, overwrite)
+    refuse_overwriting(output_dir, names, overwrite, owned)
     with staged(output_dir) as staging:
         for item in track(inputs, "inferring volumes", total=len(inputs)):
             volume = item.read()
@@ -162,7 +165,7 @@ def infer_volumes(
             if scaled is not None:
                 write_like(staging / f"{item.name}{PROBABILITIES_SUFFIX}.nii.gz", scaled, volume,
                            scale=1 / 255)
-    return VolumeResult([f"{item.name}.nii.gz" for item in inputs], output_dir)
+    return VolumeResult([f"{item.name}.nii.gz" for item in inputs], output_dir, names)
 
 
 def _is_task_folder(path: Path) -> bool:

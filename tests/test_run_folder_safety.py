@@ -76,6 +76,28 @@ def test_a_run_from_before_the_manifest_resumes(tmp_path, tiny_dataset):
     assert state.status == "completed" and state.epoch == 2
 
 
+def test_infer_and_evaluate_files_in_the_run_folder_go_with_the_run(tmp_path, tiny_dataset,
+                                                                     monkeypatch):
+    config = write_config(tmp_path, tiny_dataset, train=QUICK)
+    run = tmp_path / "run"
+    train(load_config(config))
+    (run / ".flexunet-run.json").unlink()  # a run from before the manifest: it keeps its files
+    monkeypatch.chdir(tmp_path)
+    for command in ("infer", "evaluate"):  # the second time over the first's files, its own
+        for _ in range(2):
+            done = flexunet(command, "--config", str(config), "--output", f"run/{command}",
+                            *(["--overlay"] if command == "infer" else []))
+            assert done.returncode == 0, done.stderr
+    owned = RunFolder(run).owned()
+    written = [run / "infer" / "301_0.png", run / "infer" / "overlays" / "301_0.png",
+               run / "infer" / "mosaic" / "mosaic.png", run / "evaluate" / "evaluation.csv"]
+    assert {*written, run / "config.yaml", run / "models" / "best.keras"} <= owned
+    mine = run / "infer" / "301_0.jpg"
+    mine.write_text("mine")
+    train(load_config(config), overwrite=True)
+    assert not any(path.exists() for path in written) and mine.read_text() == "mine"
+
+
 def test_a_second_run_is_refused_naming_the_holder(tmp_path, tiny_dataset):
     config = write_config(tmp_path, tiny_dataset, train=QUICK)
     run = tmp_path / "run"
