@@ -9,10 +9,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flexunet_k3.config import load_config
 from flexunet_k3.errors import UserError
 
-from .state import console, print_warning, warnings_as_lines
+from .state import (
+    Overrides,
+    config_or_defaults,
+    console,
+    print_warning,
+    warnings_as_lines,
+)
 
 app = typer.Typer(
     help="Make 2D PNG datasets from Decathlon NIfTI volumes (or a synthetic set); statistics.",
@@ -112,15 +117,16 @@ def stats_command(
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="A run config whose data.classes the masks are in.",
         show_default="background black, tumor white")] = None,
+    overrides: Overrides = None,
 ) -> None:
     """Recount a dataset folder; rewrite its statistics.json and statistics.png.
 
     Refused where flexunet did not write them."""
     from flexunet_k3.data.statistics import update_statistics
 
-    colors = None if config is None else [spec.color for spec in load_config(config).data.classes]
+    classes = config_or_defaults(config, overrides).data.classes
     with warnings_as_lines():
-        stats = update_statistics(folder, colors)
+        stats = update_statistics(folder, [spec.color for spec in classes])
     _print_statistics(stats, folder)
 
 

@@ -21,6 +21,7 @@ from flexunet_k3.run_folder import EVALUATION_FILES, RunFolder
 from .state import (
     ConfigOption,
     Overrides,
+    config_or_defaults,
     console,
     errors,
     options,
@@ -167,7 +168,7 @@ def evaluate(
     if predictions is not None or masks is not None:
         if predictions is None or masks is None:
             raise UserError("--predictions and --masks go together: give both folders")
-        cfg = load_config(config, overrides) if config is not None else Config()
+        cfg = config_or_defaults(config, overrides)
         with warnings_as_lines():
             report = evaluate_folders(predictions, masks, cfg.data.classes)
         folder = output or predictions / "evaluation"
@@ -206,7 +207,7 @@ def _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, 
         if labels is None:
             raise UserError("--volumes PRED needs --labels GT (the ground-truth label NIfTIs); "
                             "or give --volumes alone with --config to score the trained model")
-        cfg = load_config(config, overrides) if config is not None else Config()
+        cfg = config_or_defaults(config, overrides)
         predictions = Path(volumes)
         beside = predictions if predictions.is_dir() else predictions.parent
         folder = output or beside / "evaluation"

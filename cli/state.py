@@ -13,6 +13,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from flexunet_k3.config import Config, load_config
+from flexunet_k3.errors import UserError
+
 
 @dataclass
 class Options:
@@ -31,6 +34,16 @@ Overrides = Annotated[
 # a line longer than the terminal is not broken (a path stays whole, for scripts).
 console = Console(markup=False, soft_wrap=True)
 errors = Console(stderr=True, markup=False, soft_wrap=True)
+
+
+def config_or_defaults(config: Path | None, overrides: list[str] | None) -> Config:
+    """The config at `config` with the `--set` overrides, or, with no --config, the defaults
+    (where --set is refused: there is no config for it to change)."""
+    if config is not None:
+        return load_config(config, overrides)
+    if overrides:
+        raise UserError(f"--set {overrides[0]}: give --config, the config it changes")
+    return Config()
 
 
 def use_backend() -> str:
