@@ -68,12 +68,13 @@ class Scorer:
     def add(self, names: Sequence[str], truth: np.ndarray, probabilities: np.ndarray) -> None:
         """Score a batch: integer labels (B, H, W) against probabilities (B, H, W, C)."""
         predicted = scores.predicted_labels(probabilities)
-        for class_id in range(1, len(self.class_names)):
-            counts = scores.pixel_counts(truth, predicted, class_id)
-            for row, name in enumerate(names):
+        counts = {class_id: scores.pixel_counts(truth, predicted, class_id)
+                  for class_id in range(1, len(self.class_names))}
+        for row, name in enumerate(names):
+            for class_id, of_class in counts.items():
                 self.rows.append({
                     "image": name, "case": case_of(name), "class": self.class_names[class_id],
-                    **{key: int(counts[key][row]) for key in COUNTS},
+                    **{key: int(of_class[key][row]) for key in COUNTS},
                 })
         weight = len(names)
         self.images += weight
@@ -202,7 +203,8 @@ def evaluate_model(model, config) -> Report:
     """Score `model` on the test split at each mask's own size: the probabilities that `infer`
     makes its masks from (resized back to the image's size; infer.mirror as set) against the
     mask file. The loss is taken, as Keras' evaluate would, over batches of train.batch_size
-    consecutive images (a batch ends early where the image size changes)."""
+    consecutive images; a batch ends early where the image size changes, and holds no more
+    pixels than train.batch_size model inputs (fewer large images: memory stays bounded)."""
     from flexunet_k3.inference import iter_probabilities  # imports keras: not at the top
 
     pairs = pair_files(*config.data.split_dirs("test"))
@@ -220,12 +222,13 @@ def evaluate_model(model, config) -> Report:
             truths.append(labels)
             yield image
 
+    pixels = config.train.batch_size * config.model.image_height * config.model.image_width
     scorer = Scorer([spec.name for spec in config.data.classes], config.train.loss)
     scored = zip(pairs, iter_probabilities(model, images(), config), strict=True)
     batch: list[tuple[str, np.ndarray, np.ndarray]] = []
     for (image_path, _), probabilities in track(scored, "evaluating", total=len(pairs)):
         truth = truths.popleft()
-        if batch and (len(batch) == config.train.batch_size or batch[0][1].shape != truth.shape):
+        if batch and (batch[0][1].shape != truth.shape or (len(batch) + 1) * truth.size > pixels):
             scorer.add(*_stacked(batch))
             batch = []
         batch.append((image_path.name, truth, probabilities))

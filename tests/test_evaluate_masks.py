@@ -12,7 +12,7 @@ from conftest import flexunet, read_csv
 from PIL import Image
 
 from flexunet_k3.config import Config
-from flexunet_k3.evaluation import evaluate_folders
+from flexunet_k3.evaluation import Scorer, evaluate_folders
 
 SQUARE = np.zeros((16, 16), bool)
 SQUARE[2:6, 2:6] = True
@@ -114,3 +114,12 @@ def test_one_case_or_image_is_counted_in_the_singular():
     summary = {"classes": {"tumor": {"per_case": stats, "per_image": stats}}, "loss": None,
                "dice_coef_multiclass": 0.9}
     assert [row[2] for row in summary_rows(summary) if row[2]][:2] == ["1 case", "1 image"]
+
+
+def test_rows_go_image_by_image_in_a_batch():
+    scorer = Scorer(["background", "organ", "tumor"])
+    truth = np.zeros((2, 4, 4), np.uint8)
+    scorer.add(["a_1.png", "a_2.png"], truth, np.eye(3, dtype=np.float32)[truth])
+    rows = [(row["image"], row["class"]) for row in scorer.report().per_image]
+    assert rows == [("a_1.png", "organ"), ("a_1.png", "tumor"),
+                    ("a_2.png", "organ"), ("a_2.png", "tumor")]

@@ -62,6 +62,14 @@ def test_pairs_match_by_stem_whatever_the_order_and_extension(tmp_path):
     ]
 
 
+def test_names_pair_whatever_their_unicode_form(tmp_path):
+    gray = np.zeros((4, 4), np.uint8)
+    save(gray, tmp_path / "images" / "caf\u00e9_1.png")  # composed, as most tools write it
+    save(gray, tmp_path / "masks" / "cafe\u0301_1.png")  # decomposed, as some macOS tools do
+    [(image, mask)] = pair_files(tmp_path / "images", tmp_path / "masks")
+    assert (image.name, mask.name) == ("caf\u00e9_1.png", "cafe\u0301_1.png")
+
+
 def test_unpaired_files_are_listed_in_one_error(tmp_path):
     gray = np.zeros((4, 4), np.uint8)
     for name in ["a", "b", "only_image1", "only_image2"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -131,14 +132,16 @@ def image_files(folder: Path, suffixes=IMAGE_SUFFIXES) -> list[Path]:
 
 
 def _by_stem(folder: Path, suffixes) -> dict[str, Path]:
+    """Files by stem, in Unicode's composed form (macOS tools may write `é` decomposed)."""
     found: dict[str, Path] = {}
     for path in image_files(folder, suffixes):
-        if path.stem in found:
+        stem = unicodedata.normalize("NFC", path.stem)
+        if stem in found:
             raise UserError(
-                f"{folder}: {found[path.stem].name} and {path.name} share the name "
-                f"{path.stem!r}; keep one of them"
+                f"{folder}: {found[stem].name} and {path.name} share the name "
+                f"{stem!r}; keep one of them"
             )
-        found[path.stem] = path
+        found[stem] = path
     return found
 
 
