@@ -273,6 +273,17 @@ def test_images_are_converted_to_the_configured_channels(tmp_path):
     assert read_image(deep, 1).dtype == np.uint8 and read_image(deep, 1).max() == 255
 
 
+def test_an_image_is_read_turned_as_its_exif_orientation_says(tmp_path):
+    stored = np.zeros((30, 40), np.uint8)  # 40 wide, 30 high as stored
+    stored[:, :4] = 255  # the stored left edge: the top edge once turned 90 degrees clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", exif=exif, quality=100)
+    shown = read_image(tmp_path / "photo.jpg", 1)[..., 0]
+    assert shown.shape == (40, 30)
+    assert shown[:2].mean() > 200 and shown[-2:].mean() < 50
+
+
 def test_unreadable_image_names_the_file(tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")

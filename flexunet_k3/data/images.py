@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from flexunet_k3.errors import UserError, first_line, listing, plural
 from flexunet_k3.files import describe
@@ -21,15 +21,16 @@ _SHOWN = 5
 
 
 def open_image(path: Path, keep_depth: bool = False) -> Image.Image:
-    """A decoded image in mode "L" (gray) or "RGB"; alpha dropped, 16- and 32-bit gray scaled to
-    8-bit, or kept as they are (modes "I;16", "I", "F") when `keep_depth`. A file of several
+    """A decoded image in mode "L" (gray) or "RGB", turned as its EXIF orientation says; alpha
+    dropped, 16- and 32-bit gray scaled to 8-bit, or kept as they are (modes "I;16", "I", "F")
+    when `keep_depth`. A file of several
     frames (a multi-page TIFF, an animated PNG) is refused: which one is meant is not known."""
     check_regular_file(path)
     try:
         with Image.open(path, formats=_FORMATS) as img:
             frames = getattr(img, "n_frames", 1)
             if frames == 1:
-                img.load()
+                ImageOps.exif_transpose(img, in_place=True)  # as viewers show it (a phone's JPEG)
                 return img if keep_depth and img.mode in _DEEP_GRAY else _to_8bit(img)
     except Exception as exc:  # Pillow's decoders raise many types on a damaged file
         raise UserError(
