@@ -61,6 +61,7 @@ def import_command(
     output = output or ini.with_suffix(".yaml")
     check_new_file(output, overwrite, ini, "INI to import", "--output")
     data, unmapped = import_ini(ini, output)
+    unmapped = [(one_line(key), one_line(why)) for key, why in unmapped]  # YAML comments below
     validate(data, f"{ini} (converted)")
     header = f"# Imported from {one_line(ini.name)} by `flexunet config import`.\n"
     if unmapped:

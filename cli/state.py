@@ -54,8 +54,11 @@ def use_backend() -> str:
 
 
 def one_line(text: str) -> str:
-    """`text` on one line: its line breaks written as \\n (a file name may hold one)."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    """`text` on one line: characters that are not printable, line breaks of every kind among
+    them (a file name may hold one; YAML breaks lines at \\x85 and \\u2028 too), written as
+    escapes."""
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode()
+                   for char in text)
 
 
 def print_warning(message) -> None:

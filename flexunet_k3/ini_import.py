@@ -118,9 +118,11 @@ def _classes(rgb_map) -> list[dict]:
     return classes
 
 
-def _relocated(path_text: str, ini_dir: Path, out_dir: Path) -> str:
+def _relocated(value, ini_dir: Path, out_dir: Path) -> str:
     """A path of the INI (relative to its folder) made relative to the output's folder."""
-    path = Path(path_text)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a path, got {value!r}")
+    path = Path(value)
     if not path.is_absolute():
         path = (ini_dir / path).resolve()
     return os.path.relpath(path, out_dir.resolve())
@@ -171,7 +173,7 @@ def import_ini(path: Path, output: Path) -> tuple[dict, list[tuple[str, str]]]:
                 if where in DIRECT:
                     _set(result, DIRECT[where], value)
                 elif where in PATHS:
-                    _set(result, PATHS[where], _relocated(str(value), ini_dir, out_dir))
+                    _set(result, PATHS[where], _relocated(value, ini_dir, out_dir))
                 elif where == ("model", "optimizer"):
                     _set(result, "optimizer.name", str(value).lower())
                 elif where == ("model", "loss"):
