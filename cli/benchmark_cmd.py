@@ -25,7 +25,7 @@ from flexunet_k3.benchmark import (
 )
 from flexunet_k3.config import MAX_BATCH_SIZE, load_config
 from flexunet_k3.errors import UserError, is_count, plural
-from flexunet_k3.files import check_new_file, check_output_folder, write_json
+from flexunet_k3.files import check_new_file, write_json
 
 from .state import ConfigOption, Overrides, console
 
@@ -104,7 +104,7 @@ def _device_counts(text: str, batch: int) -> list[int]:
             raise UserError(f"--devices: {part} devices of {batch} images make a batch over "
                             f"{MAX_BATCH_SIZE}; lower --batch-size")
         counts.append(int(part))
-    return counts
+    return list(dict.fromkeys(counts))  # 1 and 01 once
 
 
 def benchmark(
@@ -143,15 +143,15 @@ def benchmark(
     """Training and inference images/s, step times, FLOPs and memory per backend/precision/jit."""
     cfg = load_config(config, overrides)
     if json_file is not None:  # refused now, not after the runs
-        check_output_folder(json_file.parent)
         check_new_file(json_file, overwrite, config, "config to run", "--json")
     batch = batch_size or cfg.train.batch_size
     counts = _device_counts(devices, batch) if devices is not None else [0]
     cases = [
         Case(b, p, j, batch * max(n, 1), steps, warmup, n)
         for b in check_choices(_backend_list(backends), BACKENDS, "--backends")
-        for p in check_choices(_split(precision or cfg.train.precision), PRECISIONS, "--precision")
-        for j in check_choices(_split(jit or cfg.train.jit), JIT_MODES, "--jit")
+        for p in check_choices(_split(cfg.train.precision if precision is None else precision),
+                               PRECISIONS, "--precision")
+        for j in check_choices(_split(cfg.train.jit if jit is None else jit), JIT_MODES, "--jit")
         for n in counts
     ]
     rows = [

@@ -170,7 +170,7 @@ def measure(config: Config, case: Case) -> Row:
     train_rate = case.batch_size / float(np.median(timed))
     return Row(
         case=case,
-        device=_device_label(placement.device_count, devices()[-1]),
+        device=_device_label(placement.device_count, _default_device(devices())),
         precision=precision,
         note=note,
         train_images_per_s=train_rate,
@@ -215,15 +215,21 @@ def step_times(model, x, y, steps: int):
     return np.diff([start, *stamps])
 
 
-def _device_label(count: int, last: str) -> str:
+def _default_device(found: list[str]) -> str:
+    """The device the backend runs a model on by itself: its first accelerator, else its
+    first CPU."""
+    return ([name for name in found if "cpu" not in name.lower()] or found)[0]
+
+
+def _device_label(count: int, device: str) -> str:
     """The device a row ran on; `N x` it for data parallelism, marked where the CPU was split
     (FLEXUNET_CPU_DEVICES)."""
     from flexunet_k3.distribution import CPU_DEVICES
 
     if count < 2:
-        return last
+        return device
     simulated = " (simulated CPU devices)" if os.environ.get(CPU_DEVICES) else ""
-    return f"{count} x {last}{simulated}"
+    return f"{count} x {device}{simulated}"
 
 
 def distribute(config: Config, case: Case):
@@ -270,7 +276,7 @@ def run_case(config_path: str, overrides: list[str], case: Case, timeout: float)
         reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return Row(case=case, error=reason[:200])
     data = json.loads(lines[-1])
-    data["case"] = case
+    data["case"] = Case(**data["case"])  # as it ran: fewer steps for emulated bfloat16
     return Row(**data)
 
 
@@ -287,9 +293,7 @@ def _worker(argv: list[str]) -> None:
         row = measure(config, case)
     except Exception as exc:  # a precision or jit mode the backend cannot run: report, not crash
         row = Row(case=case, error=first_line(exc, typed=not isinstance(exc, UserError)))
-    data = asdict(row)
-    data.pop("case")
-    print(json.dumps(data), flush=True)
+    print(json.dumps(asdict(row)), flush=True)
 
 
 def check_choices(values: list[str], allowed: tuple[str, ...], option: str) -> list[str]:

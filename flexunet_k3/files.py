@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from flexunet_k3.errors import UserError, first_line, listing
@@ -43,7 +43,8 @@ def replacing(path: Path) -> Iterator[Path]:
             exc.filename = str(path)
         raise
     finally:
-        temporary.unlink(missing_ok=True)
+        with suppress(OSError):  # a read-only folder: the error above says so
+            temporary.unlink(missing_ok=True)
 
 
 def copy_file(source: Path, target: Path) -> None:
@@ -92,6 +93,10 @@ def check_output_folder(output: Path, folders: Sequence[str] = ()) -> None:
                 raise UserError(
                     f"{path}: is a file, not a folder; choose another output or move the file"
                 )
+    existing = next(path for path in (output, *output.absolute().parents) if path.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{existing}: cannot be written to (read-only, or not yours); choose "
+                        "another output")
 
 
 def write_text(path: Path, text: str) -> None:
@@ -138,6 +143,7 @@ def check_new_file(path: Path, overwrite: bool, reading: Path, role: str, option
     or special file stands, where it is `reading` (the `role` the command reads: never
     replaced, --overwrite or not), or where it exists and not `overwrite`."""
     refuse_non_files([path], f"give {option} a file name")
+    check_output_folder(path.parent)
     if path.exists() and reading.exists() and os.path.samefile(path, reading):
         raise UserError(f"{path}: is the {role}; give another {option}")
     if path.exists() and not overwrite:

@@ -482,6 +482,9 @@ CASES = [
     # benchmark options
     Case("bench-backend", [*BENCH, "--backends", "mxnet"], ("mxnet",), config()),
     Case("bench-precision", [*BENCH, "--precision", "fp8"], ("fp8",), config()),
+    Case("bench-precision-empty", [*BENCH, "--precision", ""], ("--precision: no values",),
+         config()),
+    Case("bench-jit-empty", [*BENCH, "--jit", ""], ("--jit: no values",), config()),
     Case("bench-steps", [*BENCH, "--steps", "0"], ("steps",), config()),
     Case("bench-timeout", [*BENCH, "--timeout", "0"], ("timeout",), config()),
     Case("bench-devices-zero", [*BENCH, "--devices", "1,0"], ("--devices: '0'",), config()),

@@ -93,7 +93,7 @@ def test_a_file_in_the_way_of_an_output_folder_is_one_line(tmp_path):
     ini.write_text("[model]\nimage_width = 64\nimage_height = 64\nnum_layers = 4\n")
     blocker.write_text("mine")
     done = flexunet("config", "import", str(ini), "-o", str(blocker / "lung.yaml"))
-    assert_one_line_error(done, f"{blocker}", "a file is in the way")
+    assert_one_line_error(done, f"{blocker}", "is a file, not a folder")
     assert blocker.read_text() == "mine"
 
 
@@ -152,3 +152,22 @@ def test_running_out_of_memory_is_one_line_naming_what_to_lower(monkeypatch, cap
     stderr = capsys.readouterr().err
     assert len(stderr.strip().splitlines()) == 1, stderr
     assert stderr.startswith("error: out of memory (") and "lower train.batch_size" in stderr
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path,
+                                                                            monkeypatch):
+    from flexunet_k3 import files
+
+    monkeypatch.setattr(files.os, "access", lambda path, mode: False)  # as on a read-only mount
+    with pytest.raises(UserError, match=f"{tmp_path}: cannot be written to"):
+        files.check_new_file(tmp_path / "new" / "rows.json", False, tmp_path / "c.yaml",
+                             "config", "--json")
+
+
+def test_benchmark_devices_count_once_and_rows_name_the_default_device():
+    from flexunet_k3.benchmark import _default_device
+    from flexunet_k3.cli.benchmark_cmd import _device_counts
+
+    assert _device_counts("1,01,001,2", batch=4) == [1, 2]
+    assert _default_device(["/device:CPU:0", "/device:CPU:1"]) == "/device:CPU:0"
+    assert _default_device(["cpu", "cuda:0", "cuda:1"]) == "cuda:0"
