@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection, Hashable
+from collections.abc import Collection, Hashable, Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -51,6 +51,14 @@ def _not_a_bool(value):
     return value
 
 
+def _not_empty(value):
+    """Refuse an empty path, which Python reads as the current folder."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("an empty path; give a name (`.` for the folder relative paths "
+                         "start from)")
+    return value
+
+
 def _a_file_name(path: Path) -> Path:
     """Refuse what no file system can name: a NUL, or text with no bytes for it (a lone
     surrogate, as YAML's "\\ud800" escape writes one)."""
@@ -68,7 +76,7 @@ def _a_file_name(path: Path) -> Path:
 # Section) and never booleans. Each field gives its range.
 Count = Annotated[int, Field(strict=True)]
 Real = Annotated[float, BeforeValidator(_not_a_bool)]
-Location = Annotated[Path, AfterValidator(_a_file_name)]
+Location = Annotated[Path, BeforeValidator(_not_empty), AfterValidator(_a_file_name)]
 # Keras activations that suit hidden convolution layers.
 Activation = Literal[
     "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "swish", "mish",
@@ -391,13 +399,13 @@ class Config(Section):
 
     def resolve_paths(self, base: Path, from_cwd: set[str] = frozenset()) -> Config:
         """A copy whose relative paths are made absolute against `base`, or against the
-        current directory for the `section.key` names (or whole sections) in `from_cwd`: those
-        given with --set. Defaults resolve against `base`, in a section --set created too."""
+        current directory for the `section.key` names in `from_cwd`: those given with --set.
+        Defaults resolve against `base`, in a section --set created or replaced too."""
         data = self.model_dump()
         for section, values in data.items():
             for key, value in values.items():
                 if isinstance(value, Path) and not value.is_absolute():
-                    folder = Path.cwd() if {section, f"{section}.{key}"} & from_cwd else base
+                    folder = Path.cwd() if f"{section}.{key}" in from_cwd else base
                     values[key] = (folder / value).resolve()
         return Config.model_validate(data)
 
@@ -465,6 +473,8 @@ def parse_override(text: str) -> tuple[list[str], object]:
         value = _parse_yaml(raw)
     except ValueError:
         value = raw
+    if isinstance(value, str) and "#" in raw and "#" not in value:  # `run #2`: no comment
+        value = raw
     return keys, value
 
 
@@ -483,8 +493,16 @@ def apply_overrides(data: dict, overrides: list[str]) -> tuple[set[str], set[str
                 raise UserError(f"--set {text!r}: {key} is not a section")
             node = node[key]
         node[keys[-1]] = value
-        keys_set.add(".".join(keys))
+        keys_set.update(_dotted_keys(".".join(keys), value))
     return keys_set, created
+
+
+def _dotted_keys(key: str, value) -> Iterator[str]:
+    """`key`, and the keys inside a mapping `value` (`train={epochs: 3}`: train.epochs)."""
+    yield key
+    if isinstance(value, dict):
+        for inner, item in value.items():
+            yield from _dotted_keys(f"{key}.{inner}", item)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

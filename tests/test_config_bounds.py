@@ -84,6 +84,8 @@ def refused(path, overrides=()) -> str:
         ("data: {classes: [{name: a, color: [256, 0, 0]}, {name: b, color: [1, 1, 1]}]}",
          "data.classes.0.color.0: Input should be less than or equal to 255"),
         ("data: {classes: [{name: a, color: [0, 0, 0]}]}", "data.classes: 1 class listed but"),
+        ("train: {output_dir: ''}", "train.output_dir: an empty path; give a name"),
+        ("data: {dataset: ' '}", "data.dataset: an empty path"),
     ],
 )
 def test_numbers_out_of_range_or_of_the_wrong_kind_are_refused(tmp_path, text, expected):
@@ -147,6 +149,19 @@ def test_set_keys_with_empty_parts_are_refused_and_empty_sections_filled(tmp_pat
     path = write(tmp_path, "data:\ntrain: {epochs: 3}\n")  # `data:` is an empty (null) section
     monkeypatch.chdir(tmp_path)
     assert load_config(path, ["data.dataset=ds"]).data.dataset == tmp_path.resolve() / "ds"
+
+
+def test_set_paths_start_from_here_and_the_files_defaults_from_its_folder(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    path = write(tmp_path / "sub", "train: {epochs: 3}\n")
+    monkeypatch.chdir(tmp_path)
+    here, there = tmp_path.resolve(), (tmp_path / "sub").resolve()
+    whole = load_config(path, ["train={epochs: 4}"]).train  # a section replaced: its default
+    assert (whole.epochs, whole.output_dir) == (4, there / "runs" / "flexunet")
+    assert load_config(path, ["train={output_dir: x}"]).train.output_dir == here / "x"
+    assert load_config(path, ["train.output_dir=run #2"]).train.output_dir == here / "run #2"
+    assert load_config(path, ['train.output_dir="a #1" # note']).train.output_dir == here / "a #1"
+    assert load_config(path, ["train.epochs=5 # five"]).train.epochs == 5
 
 
 @pytest.mark.parametrize(
