@@ -6,6 +6,7 @@ with `--set` are relative to the current directory.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from collections.abc import Collection, Hashable, Iterator
@@ -51,11 +52,14 @@ def _not_a_bool(value):
     return value
 
 
-def _not_empty(value):
-    """Refuse an empty path, which Python reads as the current folder."""
+def _path_text(value):
+    """Refuse an empty path, which Python reads as the current folder, and a date (YAML reads
+    an unquoted 2024-01-01 as one)."""
     if isinstance(value, str) and not value.strip():
         raise ValueError("an empty path; give a name (`.` for the folder relative paths "
                          "start from)")
+    if isinstance(value, datetime.date):
+        raise ValueError(f"YAML reads {value} as a date; quote it as a path: '{value}'")
     return value
 
 
@@ -76,7 +80,7 @@ def _a_file_name(path: Path) -> Path:
 # Section) and never booleans. Each field gives its range.
 Count = Annotated[int, Field(strict=True)]
 Real = Annotated[float, BeforeValidator(_not_a_bool)]
-Location = Annotated[Path, BeforeValidator(_not_empty), AfterValidator(_a_file_name)]
+Location = Annotated[Path, BeforeValidator(_path_text), AfterValidator(_a_file_name)]
 # Keras activations that suit hidden convolution layers.
 Activation = Literal[
     "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "swish", "mish",
@@ -443,6 +447,8 @@ def _format_error(error: dict, overridden: Collection[str]) -> str:
         return f"{where}: unknown key"
     if error["type"] == "path_type":  # pydantic's words name the Python class
         return f"{where}: expected a path, got {_as_yaml(error['input'])}"
+    if error["type"] == "model_type":
+        return f"{where}: expected a section (key: value pairs), got {_as_yaml(error['input'])}"
     return f"{where}: {message}"
 
 

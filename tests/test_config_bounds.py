@@ -86,6 +86,8 @@ def refused(path, overrides=()) -> str:
         ("data: {classes: [{name: a, color: [0, 0, 0]}]}", "data.classes: 1 class listed but"),
         ("train: {output_dir: ''}", "train.output_dir: an empty path; give a name"),
         ("data: {dataset: ' '}", "data.dataset: an empty path"),
+        ("train: {output_dir: 2024-01-01}", "YAML reads 2024-01-01 as a date; quote it as a path"),
+        ("model: 3", "model: expected a section (key: value pairs), got 3"),
     ],
 )
 def test_numbers_out_of_range_or_of_the_wrong_kind_are_refused(tmp_path, text, expected):
