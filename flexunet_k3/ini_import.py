@@ -111,6 +111,9 @@ def _classes(rgb_map) -> list[dict]:
                              "the masks that use the others")
     if sorted(ids) != list(range(len(ids))):
         raise ValueError(f"class ids {sorted(ids)} must be 0..{len(ids) - 1}, each once")
+    colors = list(rgb_map)
+    if not all(isinstance(color, tuple) and len(color) == 3 for color in colors):
+        raise ValueError(f"colors {colors} must be (r, g, b) triples")
     classes = []
     for color, class_id in sorted(rgb_map.items(), key=lambda item: item[1]):
         name = "background" if class_id == 0 else f"class{class_id}"
@@ -177,7 +180,7 @@ def import_ini(path: Path, output: Path) -> tuple[dict, list[tuple[str, str]]]:
                 elif where == ("model", "optimizer"):
                     _set(result, "optimizer.name", str(value).lower())
                 elif where == ("model", "loss"):
-                    if value in LOSSES:
+                    if isinstance(value, str) and value in LOSSES:
                         _set(result, "train.loss", LOSSES[value])
                     else:
                         unmapped.append((f"{section}.{key}", f"loss {value!r} not available"))

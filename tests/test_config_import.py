@@ -48,6 +48,10 @@ GAP, FLOAT, BOOL, SHARED = ("{(0,0,0):0, (9,9,9):2, (8,8,8):3}", "{(0,0,0):0, (9
         (f"[mask]\nrgb_map = {SHARED}", f"[mask] rgb_map = {SHARED}: class 0 has 2 colors; "
          "flexunet-k3 takes one color per class (data.classes): keep one, and recolor the "
          "masks that use the others"),
+        ("[mask]\nrgb_map = {0:0, 1:1}", "[mask] rgb_map = {0:0, 1:1}: colors [0, 1] must be "
+         "(r, g, b) triples"),
+        ("[train]\nimages_dir = None", "[train] images_dir = None: expected a path, got None"),
+        ("[train]\nimages_dir =", "[train] images_dir = : expected a path, got ''"),
     ],
 )
 def test_ini_values_of_the_wrong_kind_are_refused_naming_the_key(tmp_path, text, message):
