@@ -91,6 +91,8 @@ def summary(config: ConfigOption, overrides: Overrides = None) -> None:
     from flexunet_k3.model_io import new_model
 
     model = new_model(cfg)
+    if not console.is_terminal:  # Keras' table would be cut to 80 columns (rich's default)
+        os.environ["COLUMNS"] = "110"
     model.summary(line_length=110, print_fn=lambda line, **_: console.print(line))
 
 

@@ -45,7 +45,7 @@ def _fmt(value, digits=1) -> str:
 
 
 def _table(rows: list[Row], title: str) -> Table:
-    table = Table(title=title)
+    table = Table(title=title, title_justify="left")
     parallel = any(row.case.devices for row in rows)
     efficiency = scaling(rows)
     for name in (
@@ -165,8 +165,8 @@ def benchmark(
         + (f", training steps on {cfg.train.crop_size}x{cfg.train.crop_size} crops"
            if cfg.train.crop_size else "")
     )
-    # a log or pipe gets the whole table, not one squeezed to 80 columns
-    wide = console if console.is_terminal else Console(width=max(console.width, 160), markup=False)
+    # a log or pipe gets the whole table at its own width, not one squeezed to 80 columns
+    wide = console if console.is_terminal else Console(width=1000, markup=False)
     wide.print(_table(rows, title))
     if json_file:
         write_json(

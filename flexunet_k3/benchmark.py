@@ -16,6 +16,7 @@ import os
 import resource
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import get_args
@@ -274,7 +275,7 @@ def run_case(config_path: str, overrides: list[str], case: Case, timeout: float)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return Row(case=case, error=reason[:200])
+        return Row(case=case, error=textwrap.shorten(reason, 400, placeholder=" ..."))
     data = json.loads(lines[-1])
     data["case"] = Case(**data["case"])  # as it ran: fewer steps for emulated bfloat16
     return Row(**data)
@@ -292,7 +293,8 @@ def _worker(argv: list[str]) -> None:
     try:
         row = measure(config, case)
     except Exception as exc:  # a precision or jit mode the backend cannot run: report, not crash
-        row = Row(case=case, error=first_line(exc, typed=not isinstance(exc, UserError)))
+        error = str(exc) if isinstance(exc, UserError) else first_line(exc, typed=True)
+        row = Row(case=case, error=error)
     print(json.dumps(asdict(row)), flush=True)
 
 

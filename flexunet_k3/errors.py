@@ -10,7 +10,9 @@ def first_line(exc: BaseException, typed: bool = False) -> str:
     tarfile write several), prefixed with its type's name when `typed`; the type's name alone
     where the text is empty."""
     lines = str(exc).strip().splitlines()
-    text = lines[0].rstrip(":")[:200] if lines else ""
+    text = lines[0].rstrip(":") if lines else ""
+    if len(text) > 200:
+        text = text[:197] + "..."
     if not text:
         return type(exc).__name__
     return f"{type(exc).__name__}: {text}" if typed else text
