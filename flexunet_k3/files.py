@@ -186,14 +186,16 @@ def read_bytes(path: Path, hint: str, limit: int | None = None) -> bytes:
 
 
 def decode_text(path: Path, raw: bytes) -> str:
-    """A text file's bytes as text: UTF-8, or UTF-16 or UTF-8 after a byte-order mark (what
-    Windows editors and PowerShell write); anything else is refused, naming `path`."""
-    utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
-    encoding = "utf-16" if utf16 else "utf-8-sig"
+    """A text file's bytes as text: UTF-8, or UTF-32, UTF-16 or UTF-8 after a byte-order mark
+    (what Windows editors and PowerShell write); anything else is refused, naming `path`."""
+    boms = {"utf-32": (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE),  # before UTF-16: ff fe 00 00
+            "utf-16": (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)}
+    encoding = next((name for name, marks in boms.items() if raw.startswith(marks)), "utf-8-sig")
     try:
         return raw.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it "
+        shown = "UTF-8" if encoding == "utf-8-sig" else encoding.upper()
+        raise UserError(f"{path}: not {shown} text ({exc.reason} at byte {exc.start}); save it "
                         "as UTF-8") from None
 
 

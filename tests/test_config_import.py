@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 GOOD_INI = "[model]\nimage_width = 64\nimage_height = 64\nnum_layers = 4\n"
 
 
-@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-32"])
 def test_an_ini_saved_by_a_windows_editor_imports(tmp_path, encoding):
-    """Notepad's UTF-8 with a byte-order mark, PowerShell's `>` (UTF-16): read as UTF-8 is."""
+    """Notepad's UTF-8 with a byte-order mark, PowerShell's `>` (UTF-16), UTF-32 with one."""
     (tmp_path / "a.config").write_bytes(GOOD_INI.encode(encoding))
     result, _ = import_ini(tmp_path / "a.config", tmp_path / "a.yaml")
     assert result["model"]["image_width"] == 64
