@@ -23,7 +23,7 @@ from flexunet_k3.data.cases import case_of, warn_shared_cases
 from flexunet_k3.data.images import MASK_SUFFIXES, files_in, pair_files
 from flexunet_k3.data.masks import read_mask, read_pair, warn_off_color
 from flexunet_k3.errors import UserError, plural
-from flexunet_k3.files import write_json, write_text
+from flexunet_k3.files import staged, write_json, write_text
 from flexunet_k3.progress import track
 
 COUNTS = ("true_pixels", "pred_pixels", "intersection")
@@ -146,10 +146,11 @@ def write_report(report: Report, folder: Path) -> None:
     if summary["loss"] is not None:
         lines.append(f"{summary['loss']['name']},{summary['loss']['value']:.4f}")
     lines.append(f"dice_coef_multiclass,{summary['dice_coef_multiclass']:.4f}")
-    write_text(folder / "evaluation.csv", "\n".join(lines) + "\n")
-    write_json(folder / "evaluation.json", summary)
-    write_text(folder / "evaluation_per_image.csv", csv_text(report.per_image))
-    write_text(folder / "evaluation_per_case.csv", csv_text(report.per_case))
+    with staged(folder) as staging:  # all four files or none: never half an old report
+        write_text(staging / "evaluation.csv", "\n".join(lines) + "\n")
+        write_json(staging / "evaluation.json", summary)
+        write_text(staging / "evaluation_per_image.csv", csv_text(report.per_image))
+        write_text(staging / "evaluation_per_case.csv", csv_text(report.per_case))
 
 
 def csv_text(rows: list[dict]) -> str:

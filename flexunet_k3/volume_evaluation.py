@@ -18,7 +18,7 @@ from flexunet_k3.config import Config
 from flexunet_k3.data.nifti import Volume, check_class_ids, check_same_grid
 from flexunet_k3.errors import UserError, listing, plural
 from flexunet_k3.evaluation import csv_text
-from flexunet_k3.files import write_json, write_text
+from flexunet_k3.files import staged, write_json, write_text
 from flexunet_k3.progress import track
 from flexunet_k3.volume_inference import (
     PROBABILITIES_SUFFIX,
@@ -104,8 +104,9 @@ def _summary(rows: list[dict], class_names: Sequence[str], tolerance_mm: float) 
 
 def write_volume_report(report: VolumeReport, folder: Path) -> None:
     """evaluation_volumes.csv (a row per volume and class) and evaluation_volumes.json."""
-    write_text(folder / REPORT_FILES[0], csv_text(report.rows))
-    write_json(folder / REPORT_FILES[1], report.summary)
+    with staged(folder) as staging:  # both files or neither
+        write_text(staging / REPORT_FILES[0], csv_text(report.rows))
+        write_json(staging / REPORT_FILES[1], report.summary)
 
 
 def summary_rows(summary: dict) -> list[tuple[str, str, str, str]]:

@@ -123,3 +123,21 @@ def test_rows_go_image_by_image_in_a_batch():
     rows = [(row["image"], row["class"]) for row in scorer.report().per_image]
     assert rows == [("a_1.png", "organ"), ("a_1.png", "tumor"),
                     ("a_2.png", "organ"), ("a_2.png", "tumor")]
+
+
+def test_a_report_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from flexunet_k3 import evaluation
+
+    scorer = Scorer(["background", "tumor"])
+    truth = np.zeros((1, 4, 4), np.uint8)
+    scorer.add(["a_1.png"], truth, np.eye(2, dtype=np.float32)[truth])
+    evaluation.write_report(scorer.report(), tmp_path)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+
+    def fail(rows):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(evaluation, "csv_text", fail)  # after evaluation.csv and .json
+    with pytest.raises(OSError, match="disk full"):
+        evaluation.write_report(scorer.report(), tmp_path)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
