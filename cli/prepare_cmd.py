@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from flexunet_k3.errors import UserError
+from flexunet_k3.interrupt import deferred
 
 from .state import (
     Overrides,
@@ -66,7 +67,7 @@ def msd_command(
     """Slice Decathlon CT volumes into 8-bit PNG image/mask pairs, split by patient."""
     from flexunet_k3.data.msd import prepare_msd
 
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, deferred():  # Ctrl-C between cases
         warnings.simplefilter("always", UserWarning)
         stats = prepare_msd(
             source,
@@ -105,7 +106,8 @@ def synthetic_command(
     """Write a phantom chest CT set with lung tumors in the Decathlon Task06 layout."""
     from flexunet_k3.data.synthetic import write_synthetic_dataset
 
-    ids = write_synthetic_dataset(output, cases, seed, size, slices, overwrite=overwrite)
+    with deferred():  # Ctrl-C stops between cases, never while files move in
+        ids = write_synthetic_dataset(output, cases, seed, size, slices, overwrite=overwrite)
     written = f"{len(ids)} cases ({ids[0]}..{ids[-1]})" if len(ids) > 1 else f"1 case ({ids[0]})"
     console.print(f"wrote {written} to {output}")
     console.print(f"next: flexunet prepare msd --source {output} --output DATASET")
@@ -125,7 +127,7 @@ def stats_command(
     from flexunet_k3.data.statistics import update_statistics
 
     classes = config_or_defaults(config, overrides).data.classes
-    with warnings_as_lines():
+    with warnings_as_lines(), deferred():
         stats = update_statistics(folder, [spec.color for spec in classes])
     _print_statistics(stats, folder)
 

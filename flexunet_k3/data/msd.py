@@ -18,6 +18,7 @@ import os
 import posixpath
 import re
 import shutil
+import signal
 import tarfile
 import warnings
 import zlib
@@ -389,12 +390,17 @@ def _results(jobs: list[CaseJob], workers: int) -> Iterator[Iterator[CaseResult]
     if workers == 1 or len(jobs) == 1:
         yield map(convert_case, jobs)
         return
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)))
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_leave_ctrl_c)
     try:
         futures = [pool.submit(convert_case, job) for job in jobs]
         yield (future.result() for future in as_completed(futures))
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+def _leave_ctrl_c() -> None:
+    """In a pool worker: leave Ctrl-C to the main process, which stops the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _arrange(staging: Path, results: list[CaseResult], split, seed: int, mini_test: int) -> dict:

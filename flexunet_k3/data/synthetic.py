@@ -80,8 +80,8 @@ def write_synthetic_dataset(
             image, label, affine = phantom_case(np.random.default_rng([seed, index]), size, slices)
             write_volume(staging / "imagesTr" / f"lung_{case}.nii.gz", image, affine)
             write_volume(staging / "labelsTr" / f"lung_{case}.nii.gz", label, affine)
-    text = json.dumps(_dataset_json(ids), indent=4) + "\n"  # last: the set is complete
-    write_text(output / "dataset.json", text)
+        text = json.dumps(_dataset_json(ids), indent=4) + "\n"
+        write_text(staging / "dataset.json", text)
     return ids
 
 
