@@ -25,7 +25,7 @@ from flexunet_k3.data.images import (
 )
 from flexunet_k3.data.masks import labels_to_palette_image
 from flexunet_k3.errors import UserError
-from flexunet_k3.files import refuse_overwriting, staged
+from flexunet_k3.files import refuse_overwriting, replacing, staged
 from flexunet_k3.progress import track
 
 OVERLAY_ALPHA = 0.45
@@ -150,18 +150,25 @@ def write_predictions(
     tiles = []
     for path, probabilities in predicted:
         labels = labels_of(probabilities)
-        labels_to_palette_image(labels, colors).save(output_dir / f"{prefix}{path.stem}.png")
+        save_image(labels_to_palette_image(labels, colors), output_dir / f"{prefix}{path.stem}.png")
         if overlays_dir is None and mosaic_path is None:
             continue
         tinted = overlay(read_image(path, 3), labels, colors)
         if overlays_dir is not None:
             overlays_dir.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(tinted).save(overlays_dir / f"{prefix}{path.stem}.png")
+            save_image(Image.fromarray(tinted), overlays_dir / f"{prefix}{path.stem}.png")
         if len(tiles) < MOSAIC_MAX_TILES:
             tiles.append(tinted)
     if mosaic_path is not None and tiles:
         mosaic_path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(mosaic(tiles)).save(mosaic_path)
+        save_image(Image.fromarray(mosaic(tiles)), mosaic_path)
+
+
+def save_image(image: Image.Image, path: Path) -> None:
+    """Save a PNG atomically (`replacing`): a kill while it is written leaves no partial file
+    under its name (epoch-change masks are written straight into the run folder)."""
+    with replacing(path) as temporary:
+        image.save(temporary, format="PNG")
 
 
 @dataclass

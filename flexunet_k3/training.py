@@ -99,6 +99,9 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> T
         else:  # process 0's run folder, where the hosts share it
             state = run.read_state() if resume else None
         if state is not None and state.spent(config.train.epochs, config.train.patience):
+            if not state.finished and placement.writes:  # stopped after its last epoch
+                state.status = "completed"
+                state.save(run.history)
             return TrainResult(state, None, placement.writes)
         state = state or TrainState(epochs=config.train.epochs)
         with deferred():  # Ctrl-C waits for a safe point (flexunet_k3.interrupt)

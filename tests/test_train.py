@@ -238,6 +238,9 @@ def test_an_early_stopped_run_resumes_with_more_patience(tmp_path, tiny_dataset)
     assert done.stdout.endswith("holds a finished run (2/2 epochs), early stopped 1 epoch after "
                                 "its best (epoch 1); raise train.patience to train longer\n")
     assert train(load_config(config(2, 3)), resume=True).model is None  # both spent
+    history.write_text(json.dumps({**state, "status": "interrupted"}))  # stopped after epoch 2
+    assert train(load_config(config(2, 3)), resume=True).state.status == "completed"
+    history.write_text(json.dumps({**state, "status": "early_stopped", "best_epoch": 1}))
     assert TrainState(**read_state(tmp_path / "run")).spent(2, 3) == ["train.epochs"]
     result = train(load_config(config(4, 3)), resume=True)
     assert result.model is not None and result.state.epoch == 4
