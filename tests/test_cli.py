@@ -171,3 +171,21 @@ def test_benchmark_devices_count_once_and_rows_name_the_default_device():
     assert _device_counts("1,01,001,2", batch=4) == [1, 2]
     assert _default_device(["/device:CPU:0", "/device:CPU:1"]) == "/device:CPU:0"
     assert _default_device(["cpu", "cuda:0", "cuda:1"]) == "cuda:0"
+
+
+def test_ctrl_c_while_the_command_line_loads_is_one_line(monkeypatch, capsys):
+    import builtins
+
+    import flexunet_k3.cli as cli
+
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "app":  # `from .app import main`, as Ctrl-C lands while it loads
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(SystemExit) as caught:
+        cli.main()
+    assert caught.value.code == 130 and capsys.readouterr().err == "interrupted\n"
