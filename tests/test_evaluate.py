@@ -3,6 +3,7 @@
 
 import json
 import zipfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -46,18 +47,23 @@ def test_model_evaluation_reports_agree(trained_run, tmp_path):
 
     # The same model's masks, written by infer and scored as files, give the same counts.
     test = config.data.dataset / "test"
-    masks = tmp_path / "masks"
-    assert flexunet("infer", "--config", str(trained_run), "--images", str(test / "images"),
+    assert infer_and_score(trained_run, test, tmp_path) == per_image_counts(run)
+
+
+def per_image_counts(folder: Path) -> list[list[str]]:
+    keys = ("image", "true_pixels", "pred_pixels", "intersection")
+    return [[row[key] for key in keys] for row in read_csv(folder / "evaluation_per_image.csv")]
+
+
+def infer_and_score(config: Path, test: Path, tmp_path: Path) -> list[list[str]]:
+    """Per-image counts of the model's masks of `test`, written by infer, scored as files."""
+    masks, scores = tmp_path / "masks", tmp_path / "scores"
+    assert flexunet("infer", "--config", str(config), "--images", str(test / "images"),
                     "--output", str(masks)).returncode == 0
     done = flexunet("evaluate", "--predictions", str(masks), "--masks", str(test / "masks"),
-                    "--output", str(tmp_path / "scores"))
+                    "--output", str(scores))
     assert done.returncode == 0, done.stderr
-    counts = ("image", "true_pixels", "pred_pixels", "intersection")
-    from_model, from_files = (
-        [[row[key] for key in counts] for row in read_csv(folder / "evaluation_per_image.csv")]
-        for folder in (run, tmp_path / "scores")
-    )
-    assert from_files == from_model
+    return per_image_counts(scores)
 
 
 def test_model_is_scored_at_each_masks_own_size(trained_run, tiny_dataset, tmp_path):
@@ -83,19 +89,7 @@ def test_model_is_scored_at_each_masks_own_size(trained_run, tiny_dataset, tmp_p
              for name in sizes}
     assert {row["image"]: int(row["true_pixels"]) for row in rows} == truth
     assert max(truth.values()) > 32 * 32 // 4  # more than a 32x32 mask could hold
-
-    masks = tmp_path / "masks"
-    assert flexunet("infer", "--config", str(trained_run), "--images", str(test / "images"),
-                    "--output", str(masks)).returncode == 0
-    done = flexunet("evaluate", "--predictions", str(masks), "--masks", str(test / "masks"),
-                    "--output", str(tmp_path / "files"))
-    assert done.returncode == 0, done.stderr
-    counts = ("image", "true_pixels", "pred_pixels", "intersection")
-    from_model, from_files = (
-        [[row[key] for key in counts] for row in read_csv(folder / "evaluation_per_image.csv")]
-        for folder in (tmp_path / "model", tmp_path / "files")
-    )
-    assert from_files == from_model
+    assert infer_and_score(trained_run, test, tmp_path) == per_image_counts(tmp_path / "model")
 
 
 def test_test_patients_seen_in_training_are_named(trained_run, tiny_dataset, tmp_path):
