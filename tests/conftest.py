@@ -43,6 +43,10 @@ _OUR_JAX_CACHE = "FLEXUNET_TESTS_JAX_CACHE"  # set where this conftest made the 
 
 
 def pytest_configure(config):
+    # Tests press Ctrl-C, here and in `flexunet` subprocesses: a CI job started in the
+    # background (`cmd &` in a script) inherits SIGINT ignored, and so would they.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # Under JAX most of the suite's time is XLA compiling the same tiny models again, here and
     # in each `flexunet` subprocess: they share compilations through a cache kept for this run.
     # JAX reads these when it is imported; subprocesses inherit them; other backends ignore
