@@ -87,8 +87,8 @@ def read_mask(path: Path, colors: Sequence[Color]) -> tuple[np.ndarray, int]:
     An 8-bit image holds class colors; a 16- or 32-bit integer one (and an .npz) class ids.
     """
     path = Path(path)
-    check_regular_file(path)
-    if path.suffix.lower() == ".npz":
+    if path.suffix.lower() == ".npz":  # an image is checked where it is opened
+        check_regular_file(path)
         return _read_npz(path, len(colors)), 0
     img = open_image(path, keep_depth=True)
     if img.mode == "F":
