@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import codecs
 import errno
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -22,6 +25,43 @@ from pathlib import Path
 from flexunet_k3.errors import UserError, first_line, listing
 
 MAX_JSON_BYTES = 64 * 2**20  # a record or dataset.json this command reads: far more than any needs
+# A temporary's name says whose it is (pid, and a digest of the host name), so that a later
+# command can remove those of a process killed outright: `.flexunet-<kind>.<pid>-<host>.`.
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+TEMPORARY = re.compile(r"\.flexunet-(?:staging|saving|tmp)\.(\d{1,10})-([0-9a-f]{8})\.")
+
+
+def temporary_prefix(kind: str) -> str:
+    """The start of the name of a temporary file or folder of `kind` this process makes."""
+    return f".flexunet-{kind}.{os.getpid()}-{HOST}."
+
+
+def remove_abandoned(folder: Path, recursive: bool = False) -> None:
+    """Remove the temporaries in `folder` whose process is gone from this host (it was killed
+    outright, so it could not); those of live processes and of other hosts stay."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:  # not there, or not ours to list: nothing to clean
+        return
+    for entry in entries:
+        match = TEMPORARY.match(entry.name)
+        inside = entry.is_dir() and not entry.is_symlink()
+        if match and match[2] == HOST and not process_alive(int(match[1])):
+            with suppress(OSError):
+                shutil.rmtree(entry) if inside else entry.unlink()
+        elif recursive and inside:
+            remove_abandoned(entry, recursive=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except OSError:  # another user's process
+        pass
+    return True
 
 
 @contextmanager
@@ -33,8 +73,9 @@ def replacing(path: Path) -> Iterator[Path]:
     """
     refuse_non_files([path], "move it away")
     path.parent.mkdir(parents=True, exist_ok=True)
-    # a name of its own (two writers never share one), created by the writer with the usual mode
-    temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
+    # a name of its own (two writers never share one), created by the writer with the usual
+    # mode; its suffix tells writers such as Pillow the format
+    temporary = path.with_name(f"{temporary_prefix('tmp')}{uuid.uuid4().hex[:12]}{path.suffix}")
     try:
         yield temporary
         os.replace(temporary, path)
@@ -61,12 +102,14 @@ def staged(folder: Path) -> Iterator[Path]:
     The temporary folder lies inside `folder` where it exists (so on its file system, through a
     link or a mount too), else beside it. An error or Ctrl-C inside the block leaves `folder` as
     it was; so does a target folder that cannot be written: all are made and checked before
-    the first file moves. The temporary folder (only ever the one made here) is removed.
+    the first file moves. The temporary folder is removed, and so are those left there by
+    processes killed outright.
     """
     home = folder.resolve() if folder.is_dir() else folder.parent
+    remove_abandoned(home)
     try:
         home.mkdir(parents=True, exist_ok=True)
-        temporary = tempfile.TemporaryDirectory(prefix=".flexunet-staging.", dir=home,
+        temporary = tempfile.TemporaryDirectory(prefix=temporary_prefix("staging"), dir=home,
                                                 ignore_cleanup_errors=True)
     except OSError as exc:  # named as the folder asked for, not its temporary twin
         raise OSError(exc.errno, exc.strerror, str(folder)) from None

@@ -34,8 +34,10 @@ from flexunet_k3.files import (
     MAX_JSON_BYTES,
     check_output_folder,
     describe,
+    process_alive,
     read_bytes,
     refuse_non_files,
+    remove_abandoned,
     write_json,
 )
 from flexunet_k3.plots import CURVE_NAMES
@@ -173,7 +175,8 @@ class RunFolder:
     @contextmanager
     def locked(self, command: str) -> Iterator[None]:
         """Hold the run folder's lock while `command` writes to it; taken before anything is
-        written, released however the block ends.
+        written, released however the block ends. Holding it, remove the temporaries that
+        processes killed outright left in the run folder.
 
         The lock file holds the pid, host, start time and command. A live holder (or one on
         another host) is refused with one line naming it; a lock whose process is gone from
@@ -187,6 +190,7 @@ class RunFolder:
         while not _create(self.lock_file, mine):
             self._take_over_if_stale()
         try:
+            remove_abandoned(self.root, recursive=True)
             yield
         finally:
             try:
@@ -211,7 +215,7 @@ class RunFolder:
             raise UserError(f"{self.root}: in use by another run (its lock {self.lock_file} is "
                             "unreadable); wait for it, or delete that file if no run is going "
                             "on") from None
-        if host != socket.gethostname() or _alive(pid):
+        if host != socket.gethostname() or process_alive(pid):
             raise UserError(f"{self.root}: in use by {command} (pid {pid} on {host}, since "
                             f"{since}); wait for it to finish, or delete {self.lock_file} if that "
                             "process is gone")
@@ -319,17 +323,6 @@ def _create(path: Path, text: str) -> bool:
         return False
     with os.fdopen(handle, "w", encoding="utf-8") as file:
         file.write(text)
-    return True
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process
-        pass
     return True
 
 

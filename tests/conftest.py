@@ -29,6 +29,7 @@ NO_BACKEND_MODULES = frozenset({
     "test_config_bounds.py",
     "test_config_import.py",
     "test_evaluate_masks.py",
+    "test_files.py",
     "test_images.py",
     "test_interrupt.py",
     "test_memory.py",

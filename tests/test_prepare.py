@@ -141,7 +141,7 @@ def test_prepare_synthetic_at_512(prepared):
     assert written["settings"]["window"] == [-125.0, 225.0] and written["skipped_cases"] == {}
     assert 0 < on_disk["tumor_pixel_share"]["all"] < 0.05
     assert (out / "statistics.png").read_bytes()[:4] == b"\x89PNG"
-    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".flexunet-")]
     record = read_splits(out)  # the split by patient, for whole-volume work on the test cases
     assert {split: set(record["splits"][split]) for split in SPLITS} == cases
     assert record["window"] == (-125.0, 225.0) and Path(record["source"]).is_absolute()

@@ -8,8 +8,12 @@ import io
 import json
 import os
 import shutil
+import signal
 import struct
+import subprocess
+import sys
 import tarfile
+import time
 import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
@@ -329,41 +333,35 @@ def test_volume_from_bytes_reads_only_the_header_s_size():
         tracemalloc.stop()
 
 
-def test_staging_lies_inside_an_existing_output_even_through_a_link(tmp_path):
-    from flexunet_k3.files import staged
-
-    real, link = tmp_path / "real", tmp_path / "link"
-    real.mkdir()
-    link.symlink_to(real)  # another file system, or a mount, would sit here
-    with staged(link) as staging:
-        assert staging.parent == real
-        (staging / "a.png").write_text("a")
-    assert sorted(p.name for p in real.iterdir()) == ["a.png"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
-
-
-def test_staging_moves_no_file_when_a_target_folder_cannot_be_written(tmp_path, monkeypatch):
-    from flexunet_k3.files import staged
-
-    out = tmp_path / "out"
-    (out / "overlays").mkdir(parents=True)
-    (out / "a.png").write_text("old")
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != "overlays")
-    with pytest.raises(PermissionError, match="no file was moved in"), staged(out) as staging:
-        (staging / "a.png").write_text("new")
-        (staging / "overlays").mkdir()
-        (staging / "overlays" / "a.png").write_text("new")
-    assert (out / "a.png").read_text() == "old" and not any((out / "overlays").iterdir())
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "overlays"]
+KILLED_WITH_WORKERS = """
+import os, signal, time
+from concurrent.futures import ProcessPoolExecutor
+from flexunet_k3.data import msd
+pool = ProcessPoolExecutor(max_workers=2, initializer=msd._start_worker)
+futures = [pool.submit(time.sleep, 600) for _ in range(2)]
+while len(pool._processes) < 2:
+    time.sleep(0.05)
+print(*pool._processes, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
 
 
-def test_a_folder_that_cannot_be_made_is_named_not_its_staging_twin(tmp_path, monkeypatch):
-    from flexunet_k3.files import staged
+def test_pool_workers_end_when_prepare_msd_is_killed_outright():
+    parent = subprocess.run([sys.executable, "-c", KILLED_WITH_WORKERS], capture_output=True,
+                            text=True, timeout=60)
+    assert parent.returncode == -signal.SIGKILL, parent.stderr
+    workers = [int(pid) for pid in parent.stdout.split()]
+    assert len(workers) == 2
+    deadline = time.monotonic() + 30
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_running, workers))  # without the watch they sleep on for 10 minutes
 
-    def refuse(*_args, **_kwargs):
-        raise PermissionError(13, "Permission denied", str(tmp_path / ".flexunet-staging.x1y2"))
 
-    monkeypatch.setattr("tempfile.mkdtemp", refuse)
-    with pytest.raises(PermissionError) as caught, staged(tmp_path / "new"):
-        pass
-    assert caught.value.filename == str(tmp_path / "new")
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (an orphan ended but not yet reaped is a zombie: not running)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status

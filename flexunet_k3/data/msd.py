@@ -20,6 +20,8 @@ import re
 import shutil
 import signal
 import tarfile
+import threading
+import time
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
@@ -65,6 +67,7 @@ MAX_HU = 100_000.0  # a window beyond this many Hounsfield units is a typing err
 MANIFEST = "manifest.json"  # the files a run wrote, which the next --overwrite may replace
 WRITTEN_BY = "flexunet prepare msd"
 DATASET_FILES = (*STATISTICS_FILES, SPLITS_FILE, MANIFEST)  # beside the split folders
+ORPHAN_CHECK_SECONDS = 1.0  # how soon a pool worker ends after its parent was killed
 SLICE_FILE = re.compile(r"(train|valid|test|mini_test)/(images|masks)/[^/\0]+\.png")
 SOURCE_HINT = "give Task06_Lung.tar or its extracted folder (dataset.json, imagesTr, labelsTr)"
 FILE_HINT = "dataset.json and the volumes it lists must be files"
@@ -390,7 +393,7 @@ def _results(jobs: list[CaseJob], workers: int) -> Iterator[Iterator[CaseResult]
     if workers == 1 or len(jobs) == 1:
         yield map(convert_case, jobs)
         return
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_leave_ctrl_c)
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_start_worker)
     try:
         futures = [pool.submit(convert_case, job) for job in jobs]
         yield (future.result() for future in as_completed(futures))
@@ -398,9 +401,17 @@ def _results(jobs: list[CaseJob], workers: int) -> Iterator[Iterator[CaseResult]
         pool.shutdown(cancel_futures=True)
 
 
-def _leave_ctrl_c() -> None:
-    """In a pool worker: leave Ctrl-C to the main process, which stops the pool."""
+def _start_worker() -> None:
+    """In a pool worker: leave Ctrl-C to the main process, which stops the pool, and end once
+    that process is gone (killed outright, it could not stop the pool)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_end_when_orphaned, args=(os.getppid(),), daemon=True).start()
+
+
+def _end_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os._exit(1)
 
 
 def _arrange(staging: Path, results: list[CaseResult], split, seed: int, mini_test: int) -> dict:
