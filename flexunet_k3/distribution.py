@@ -96,7 +96,7 @@ def start(config: Config, backend: str, command: str) -> Placement:
         raise UserError(
             f"train.distribution: data_parallel runs on the {' and '.join(BACKENDS_WITH_IT)} "
             f"backends, not on {backend} (Keras' fit does not drive torch.distributed): use "
-            "--backend jax or --backend tensorflow, or set train.distribution: none"
+            "the jax or tensorflow backend, or set train.distribution: none"
         )
     if command != "flexunet train" and multi_process_requested():
         raise UserError(

@@ -125,6 +125,13 @@ def test_rows_go_image_by_image_in_a_batch():
                     ("a_2.png", "organ"), ("a_2.png", "tumor")]
 
 
+def test_a_name_starting_with_an_underscore_is_a_case_of_its_own():
+    scorer = Scorer(["background", "tumor"])
+    truth = np.ones((3, 4, 4), np.uint8)
+    scorer.add(["_x_1.png", "_y_1.png", "a_1.png"], truth, np.eye(2, dtype=np.float32)[truth])
+    assert [row["case"] for row in scorer.report().per_case] == ["_x_1", "_y_1", "a"]
+
+
 def test_a_report_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     from flexunet_k3 import evaluation
 

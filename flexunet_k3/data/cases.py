@@ -26,8 +26,10 @@ MAX_SEED = 2**32 - 1  # seeds of `prepare` run 0 to this
 
 
 def case_of(path: str | Path) -> str:
-    """The patient a slice belongs to: the file-name part before the first underscore."""
-    return Path(path).stem.split("_", 1)[0]
+    """The patient a slice belongs to: the file-name part before the first underscore (the
+    whole stem where that part is empty: `_x_1.png` is case `_x_1`)."""
+    stem = Path(path).stem
+    return stem.split("_", 1)[0] or stem
 
 
 def warn_shared_cases(held_out: Sequence[Path], seen: Sequence[Path], seen_splits: str,
