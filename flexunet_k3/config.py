@@ -128,7 +128,12 @@ class ModelConfig(Section):
     activation: Activation = "relu"
     final_activation: Literal["auto", "softmax", "sigmoid"] = "auto"
 
-    _pairs = field_validator("base_kernels", "dilation", mode="before")(_as_pair)
+    # the schema says what the validator takes: one number for both sides, or a pair
+    _kernels = field_validator("base_kernels", mode="before",
+                               json_schema_input_type=Kernel | tuple[Kernel, Kernel])(_as_pair)
+    _dilations = field_validator("dilation", mode="before",
+                                 json_schema_input_type=Dilation | tuple[Dilation, Dilation])(
+        _as_pair)
 
     @field_validator("name")
     @classmethod
@@ -348,10 +353,11 @@ class TrainConfig(Section):
         raise ValueError(f"expected all or a device count from 1 to {MAX_DEVICES}, "
                          f"got {value!r}")
 
-    @field_validator("jit", mode="before")
+    @field_validator("jit", mode="before",
+                     json_schema_input_type=Literal["auto", "on", "off"] | bool)
     @classmethod
     def _yaml_switch(cls, value):
-        """YAML reads a bare on/off as true/false."""
+        """YAML 1.1 reads a bare on/off as true/false."""
         return ("on" if value else "off") if isinstance(value, bool) else value
 
 

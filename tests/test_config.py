@@ -142,6 +142,15 @@ def test_schema_lists_sections():
     assert {"model", "optimizer", "data", "augment", "train", "infer"} <= set(schema["properties"])
 
 
+
+def test_schema_takes_the_short_forms_a_config_may_use():
+    model = Config.model_json_schema()["$defs"]["ModelConfig"]["properties"]
+    train = Config.model_json_schema()["$defs"]["TrainConfig"]["properties"]
+    for key in ("base_kernels", "dilation"):  # `base_kernels: 9` is (9, 9)
+        assert [kind["type"] for kind in model[key]["anyOf"]] == ["integer", "array"]
+    assert {"type": "boolean"} in train["jit"]["anyOf"]  # `jit: on` in YAML 1.1
+    assert ModelConfig(base_kernels=7, dilation=2).base_kernels == (7, 7)
+
 def test_schedules_shrink_to_floor():
     levels = ModelConfig(base_kernels=9, dilation=3, dropout_rate=0.1).levels()
     assert [lv["kernel_size"][0] for lv in levels] == [9, 7, 5, 3, 3, 3, 3, 3]
