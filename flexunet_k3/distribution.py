@@ -268,9 +268,10 @@ def _tensorflow_workers() -> int:
 
 
 def cpu_device_count() -> int | None:
-    """FLEXUNET_CPU_DEVICES as a count (None when unset); anything else is a UserError."""
+    """FLEXUNET_CPU_DEVICES as a count (None when unset or empty, as KERAS_BACKEND); anything
+    else is a UserError."""
     text = os.environ.get(CPU_DEVICES)
-    if text is None:
+    if not text:
         return None
     if not is_count(text) or not 1 <= int(text) <= 256:
         raise UserError(f"{CPU_DEVICES} is {text!r}: give the number of CPU devices, 1 to 256")

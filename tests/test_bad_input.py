@@ -575,6 +575,15 @@ def test_msd_member_larger_than_a_volume(tmp_path, capsys, monkeypatch):
                          "NIfTI volumes of at most"), tar("t.tar", members)), tmp_path, capsys)
 
 
+
+def test_an_empty_environment_setting_counts_as_unset(monkeypatch):
+    from flexunet_k3.distribution import cpu_device_count
+
+    monkeypatch.setenv("FLEXUNET_CPU_DEVICES", "")
+    assert cpu_device_count() is None
+    monkeypatch.setenv("FLEXUNET_CPU_DEVICES", "2")
+    assert cpu_device_count() == 2
+
 def test_ids_are_unique_and_there_are_a_hundred():
     assert len({case.id for case in CASES}) == len(CASES) >= 100
 
