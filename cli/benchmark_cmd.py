@@ -173,7 +173,9 @@ def benchmark(
             json_file,
             {
                 "config": str(config),
+                "overrides": overrides or [],
                 "model": m.model_dump(mode="json"),
+                "train": cfg.train.model_dump(mode="json"),
                 "machine": {
                     "platform": platform.platform(),
                     "processor": platform.processor(),

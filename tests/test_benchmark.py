@@ -40,7 +40,10 @@ def test_a_run_on_this_backend_writes_its_row(tiny_config, tmp_path):
         "--set", "train.crop_size=16",  # steps on 16x16 crops of the 32x32 images
     )
     assert done.returncode == 0, done.stderr
-    (row,) = json.loads(out.read_text())["rows"]  # a backend named twice runs once
+    written = json.loads(out.read_text())
+    (row,) = written["rows"]  # a backend named twice runs once
+    assert written["overrides"] == ["train.jit=off", "train.crop_size=16"]
+    assert written["train"]["crop_size"] == 16  # the settings it ran with, overrides applied
     assert row["error"] is None, row["error"]
     # precision and jit come from the config unless given
     assert (row["case"]["backend"], row["case"]["precision"], row["case"]["jit"]) == (
