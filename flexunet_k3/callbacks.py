@@ -121,9 +121,10 @@ class Plateau(keras.callbacks.Callback):
 
 
 class RunRecorder(keras.callbacks.Callback):
-    """After each good epoch: history, models/last.keras (copied to best.keras when best),
-    curves, history.json. Unless it `writes` (data-parallel processes other than 0), it keeps
-    the history in memory and only takes part in saving the model (save_model)."""
+    """After each good epoch: history, models/last.keras holding the run state (copied to
+    best.keras when best), curves, history.json. Unless it `writes` (data-parallel processes
+    other than 0), it keeps the history in memory and only takes part in saving the model
+    (save_model)."""
 
     def __init__(self, run: RunFolder, state: TrainState, writes: bool = True):
         super().__init__()
@@ -133,7 +134,7 @@ class RunRecorder(keras.callbacks.Callback):
         if not finite_loss(logs):
             return
         self.state.record(logs)
-        save_model(self.model, self.run.last if self.writes else None)
+        save_model(self.model, self.run.last if self.writes else None, self.state.as_member())
         if self.writes:
             if self.state.best_epoch == self.state.epoch:
                 copy_file(self.run.last, self.run.best)  # the same bytes, not a second save

@@ -151,7 +151,12 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data) -> None:
     """Write a JSON file atomically (NaN and infinities written as null)."""
-    write_text(path, json.dumps(_finite_or_none(data), indent=2) + "\n")
+    write_text(path, json_text(data))
+
+
+def json_text(data) -> str:
+    """`data` as indented JSON text, NaN and infinities as null."""
+    return json.dumps(_finite_or_none(data), indent=2) + "\n"
 
 
 def _finite_or_none(value):

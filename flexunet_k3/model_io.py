@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import keras
@@ -85,13 +86,14 @@ def load_trained_model(path: Path, config: Config, *, compile: bool = False):
     return model if compile else as_configured(model, config)
 
 
-def save_model(model, path: Path | None) -> None:
+def save_model(model, path: Path | None, extra: Mapping[str, str] | None = None) -> None:
     """Save a keras model to a .keras file atomically, staging its weights on disk.
 
     Keras' own .keras writer buffers the whole weights file, optimizer state included, in
     memory: for the lung model that is 1.5 GB more at every checkpoint. This writes the same
     archive (config.json, metadata.json, model.weights.h5) from an unzipped save instead.
 
+    `extra` holds more files for the archive (name: text), which Keras passes over on loading.
     With `path` None, nothing is kept: in several JAX processes, saving is a collective
     operation that every process takes part in, while process 0 alone writes the file.
     """
@@ -111,6 +113,8 @@ def save_model(model, path: Path | None) -> None:
             for file in sorted(folder.rglob("*")):
                 if file.is_file():
                     archive.write(file, file.relative_to(folder).as_posix())
+            for name, text in (extra or {}).items():
+                archive.writestr(name, text)
 
 
 def as_configured(model, config: Config):

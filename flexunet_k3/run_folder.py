@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import warnings
+import zipfile
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,7 @@ from flexunet_k3.files import (
     MAX_JSON_BYTES,
     check_output_folder,
     describe,
+    json_text,
     process_alive,
     read_bytes,
     refuse_non_files,
@@ -47,6 +49,7 @@ EVALUATION_FILES = (
 )
 MANIFEST = ".flexunet-run.json"
 LOCK = ".flexunet-run.lock"
+STATE_MEMBER = "flexunet-state.json"  # the run state as of models/last.keras, inside it
 
 
 @dataclass(frozen=True)
@@ -242,7 +245,32 @@ class RunFolder:
         return trained
 
     def read_state(self) -> TrainState | None:
-        """The training state kept in history.json, or None before the first epoch."""
+        """The training state (None before the first epoch): history.json's, or the one saved
+        inside models/last.keras where that is further on (a process killed between the
+        two)."""
+        kept, saved = self._history_state(), self._checkpoint_state()
+        return saved if saved and (kept is None or saved.epoch > kept.epoch) else kept
+
+    def history_behind(self, state: TrainState) -> bool:
+        """Whether history.json holds fewer epochs than `state` (read from the checkpoint)."""
+        kept = self._history_state()
+        return kept is None or kept.epoch < state.epoch
+
+    def _checkpoint_state(self) -> TrainState | None:
+        """The state saved in models/last.keras; None where there is none, or it is unreadable
+        (a damaged model is refused when it is loaded)."""
+        if not self.last.is_file():
+            return None
+        try:
+            with zipfile.ZipFile(self.last) as archive:
+                if archive.getinfo(STATE_MEMBER).file_size > MAX_JSON_BYTES:
+                    return None
+                return TypeAdapter(TrainState).validate_json(archive.read(STATE_MEMBER))
+        except (OSError, KeyError, zipfile.BadZipFile, ValidationError, ValueError):
+            return None
+
+    def _history_state(self) -> TrainState | None:
+        """The state in history.json, or None where it is not there."""
         if not self.history.exists():
             return None
         raw = read_bytes(self.history, "move it away", MAX_JSON_BYTES)
@@ -296,6 +324,10 @@ class TrainState:
 
     def save(self, path: Path) -> None:
         write_json(path, asdict(self))
+
+    def as_member(self) -> dict[str, str]:
+        """The state as a file of the checkpoint saved with it (`save_model`'s `extra`)."""
+        return {STATE_MEMBER: json_text(asdict(self))}
 
 
 def _written_by_train(path: Path) -> bool:

@@ -31,7 +31,7 @@ from flexunet_k3.data.dataset import dataset_from_config
 from flexunet_k3.data.images import check_unique_stems, list_images
 from flexunet_k3.distribution import Placement, start
 from flexunet_k3.errors import UserError, plural
-from flexunet_k3.files import write_text
+from flexunet_k3.files import copy_file, write_text
 from flexunet_k3.interrupt import Interrupted, deferred, raise_if_pressed
 from flexunet_k3.memory import keep_freed_memory
 from flexunet_k3.model_io import (
@@ -41,6 +41,7 @@ from flexunet_k3.model_io import (
     saved_precision,
     takes_any_size,
 )
+from flexunet_k3.plots import write_curves
 from flexunet_k3.precision import policy
 from flexunet_k3.run_folder import RunFolder, TrainState, prepare_run, start_writing
 
@@ -98,6 +99,8 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> T
                                 infer_stems=[path.stem for path in infer_paths])
         else:  # process 0's run folder, where the hosts share it
             state = run.read_state() if resume else None
+        if state is not None and placement.writes and run.history_behind(state):
+            _catch_up(run, state)
         if state is not None and state.spent(config.train.epochs, config.train.patience):
             if not state.finished and placement.writes:  # stopped after its last epoch
                 state.status = "completed"
@@ -109,6 +112,17 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> T
                                  overwrite=overwrite)
             _finish(model, run, state, nan_at, placement)
     return TrainResult(state, model, placement.writes)
+
+
+def _catch_up(run: RunFolder, state: TrainState) -> None:
+    """Write what a process killed after saving models/last.keras left unwritten: best.keras
+    (where that epoch was the best), the curves and history.json."""
+    warnings.warn(f"{run.history}: behind {run.last} (epoch {state.epoch}), the run was "
+                  "stopped while saving; brought up to date from the checkpoint", stacklevel=3)
+    if state.best_epoch == state.epoch:
+        copy_file(run.last, run.best)
+    write_curves(state.history, run.eval_dir)
+    state.save(run.history)
 
 
 def _fit(
@@ -167,7 +181,7 @@ def _fit(
     except KeyboardInterrupt as stop:
         state.status = "interrupted"
         if isinstance(stop, Interrupted):  # raised at a step or epoch boundary: weights whole
-            save_model(model, run.last if placement.writes else None)
+            save_model(model, run.last if placement.writes else None, state.as_member())
         if placement.writes:
             state.save(run.history)
         raise

@@ -5,7 +5,9 @@ import math
 import shutil
 import signal
 import subprocess
+import sys
 import time
+import zipfile
 from pathlib import Path
 
 import keras
@@ -19,7 +21,7 @@ from flexunet_k3.data.dataset import dataset_from_config
 from flexunet_k3.errors import UserError
 from flexunet_k3.interrupt import Interrupted
 from flexunet_k3.model_io import load_trained_model
-from flexunet_k3.run_folder import RunFolder, TrainState
+from flexunet_k3.run_folder import STATE_MEMBER, RunFolder, TrainState
 from flexunet_k3.training import train
 
 
@@ -198,6 +200,44 @@ def test_ctrl_c_saves_last_and_resume_finishes_the_run(tmp_path, tiny_dataset):
     assert epochs == ["epoch", "1", "2", "3", "4", "5", "6"]
     assert (run / "epoch_change_infer" / "mosaic" / "Epoch_6.png").is_file()
 
+
+
+KILLED_AFTER_SAVING = """
+import json, os, signal, sys
+from flexunet_k3 import callbacks
+from flexunet_k3.config import load_config
+from flexunet_k3.training import train
+
+def save_then_die(model, path, extra):
+    saving(model, path, extra)
+    if json.loads(*extra.values())["epoch"] == 2:  # before best.keras, curves, history.json
+        os.kill(os.getpid(), signal.SIGKILL)
+
+saving, callbacks.save_model = callbacks.save_model, save_then_die
+train(load_config(sys.argv[1]))
+"""
+
+
+def test_a_kill_after_saving_the_checkpoint_loses_and_repeats_no_epoch(tmp_path, tiny_dataset):
+    config = write_config(tmp_path, tiny_dataset,
+                          train={"epochs": 3, "patience": 50, "epoch_change_infer": False})
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_SAVING, str(config)],
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run = tmp_path / "run"
+    assert read_state(run)["epoch"] == 1  # history.json one epoch behind models/last.keras
+
+    def steps_trained() -> int:
+        return int(keras.saving.load_model(run / "models" / "last.keras").optimizer.iterations)
+
+    per_epoch = steps_trained() // 2
+    with pytest.warns(UserWarning, match=r"behind .*last.keras \(epoch 2\)"):
+        state = train(load_config(config), resume=True).state
+    assert state.epoch == 3 and steps_trained() == 3 * per_epoch  # epoch 2 not trained again
+    assert len(read_state(run)["history"]["loss"]) == 3
+    assert len((run / "eval" / "train_losses.csv").read_text().splitlines()) == 4
+    with zipfile.ZipFile(run / "models" / "best.keras") as best:  # the best epoch's weights
+        assert json.loads(best.read(STATE_MEMBER))["epoch"] == state.best_epoch
 
 def test_resume_takes_a_changed_learning_rate_and_keeps_a_reached_one(tmp_path, tiny_dataset):
     def run_to(epochs: int, learning_rate: float) -> list[float]:
