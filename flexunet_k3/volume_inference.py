@@ -173,14 +173,17 @@ def _is_task_folder(path: Path) -> bool:
 
 
 def _task_test_volumes(task: Source) -> list[VolumeInput]:
-    """A Decathlon task's test volumes: dataset.json's "test" list, else imagesTs/*.nii.gz."""
+    """A Decathlon task's test volumes: the NIfTI files in imagesTs (not in its subfolders), but
+    hidden ones (macOS's `._*` twins)."""
     if task.members is None:
         folder = task.path / task.root / "imagesTs"
-        names = sorted(f"imagesTs/{p.name}" for p in folder.glob("*.nii*") if is_nifti(p.name))
+        found = [f"imagesTs/{path.name}" for path in folder.glob("*.nii*")]
     else:
         prefix = task.root + "imagesTs/"
-        names = sorted(m[len(task.root):] for m in task.members  # not in subfolders
-                       if m.startswith(prefix) and "/" not in m[len(prefix):] and is_nifti(m))
+        found = [m[len(task.root):] for m in task.members
+                 if m.startswith(prefix) and "/" not in m[len(prefix):]]
+    names = sorted(name for name in found
+                   if is_nifti(name) and not posixpath.basename(name).startswith("."))
     if not names:
         raise UserError(f"{task.where('imagesTs')}: no test volumes; for the patients held out "
                         "by `prepare msd`, pass --split test")

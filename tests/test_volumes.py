@@ -297,11 +297,16 @@ def test_a_decathlon_task_gives_its_test_volumes(tmp_path):
     (tmp_path / "task" / "imagesTs").mkdir()
     for name in ("lung_101.nii.gz", "lung_102.nii.gz"):
         write_nifti(tmp_path / "task" / "imagesTs" / name, np.zeros((8, 8, 3), np.int16))
-    (tmp_path / "task" / "imagesTs" / "old").mkdir()  # a subfolder is not read, nor archived
-    write_nifti(tmp_path / "task" / "imagesTs" / "old" / "lung_101.nii.gz", np.zeros((8, 8, 3)))
-    assert [item.name for item in volumes_at(tmp_path / "task")] == ["lung_101", "lung_102"]
+    tests = tmp_path / "task" / "imagesTs"
+    (tests / "old").mkdir()  # a subfolder is not read, nor archived
+    write_nifti(tests / "old" / "lung_101.nii.gz", np.zeros((8, 8, 3)))
+    (tests / "._lung_101.nii.gz").write_bytes(b"\x00\x05\x16\x07Mac OS X")  # macOS's twin
+    os.link(tests / "lung_101.nii.gz", tests / "lung_103.nii.gz")  # archived as a hard link
+    nib.save(nib.Nifti2Image(np.ones((8, 8, 2), np.int16), np.eye(4)), tests / "lung_104.nii")
+    names = ["lung_101", "lung_102", "lung_103", "lung_104"]
+    assert [item.name for item in volumes_at(tmp_path / "task")] == names
     with tarfile.open(tmp_path / "task.tar", "w") as archive:
         archive.add(tmp_path / "task", arcname="Task06_Lung")
     inputs = volumes_at(tmp_path / "task.tar")
-    assert [item.name for item in inputs] == ["lung_101", "lung_102"]
-    assert inputs[0].read().data.shape == (8, 8, 3)
+    assert [item.name for item in inputs] == names
+    assert [item.read().data.shape for item in inputs] == [(8, 8, 3)] * 3 + [(8, 8, 2)]

@@ -90,14 +90,16 @@ class Source:
         return full in self.members or any(m.startswith(full + "/") for m in self.members)
 
     def read(self, name: str, limit: int | None = None, hint: str = FILE_HINT) -> bytes:
-        """The bytes of the file `name`; refused (with `hint`, what to do) where it is not a
-        regular file (a folder, a link inside the archive, a pipe) or is larger than `limit`
-        bytes."""
+        """The bytes of the file `name` (through a hard link in an archive); refused (with
+        `hint`, what to do) where it is not a regular file (a folder, a symbolic link inside the
+        archive, a pipe) or is larger than `limit` bytes."""
         try:
             if self.members is None:
                 return read_bytes(self.path / self.root / name, hint, limit)
             with tarfile.open(self.path) as tar:
                 member = tar.getmember(self.root + name)
+                if member.islnk():
+                    member = _hard_link_target(tar, member)
                 if not member.isfile():
                     raise UserError(f"{self.where(name)}: is {_kind(member)} in the archive, "
                                     f"not a file; {hint}")
@@ -449,6 +451,15 @@ def _make_room(staging: Path, output: Path, owned: frozenset[str]) -> None:
         if (output / name).is_file():
             (output / name).unlink()
     write_json(staging / MANIFEST, {"written_by": WRITTEN_BY, "files": sorted(new)})
+
+
+def _hard_link_target(tar: tarfile.TarFile, link: tarfile.TarInfo) -> tarfile.TarInfo:
+    """The file a hard link in `tar` names (as `tar` writes a file found twice), else the link."""
+    try:
+        target = tar.getmember(link.linkname)
+    except KeyError:
+        return link
+    return target if target.isfile() else link
 
 
 def _kind(member: tarfile.TarInfo) -> str:

@@ -29,6 +29,7 @@ from ..errors import UserError, plural
 from ..files import describe
 
 SUFFIXES = (".nii.gz", ".nii")
+NIFTI_2_HEADER_SIZE = 540  # a NIfTI file starts with its header size: 348 (NIfTI-1) or 540
 AFFINE_TOLERANCE = 1e-4  # mm: two affines closer than this put voxels in the same places
 MAX_VOXELS = 2**30  # 512 x 512 x 4096; a header claiming more is refused before reading
 # The largest volume file read whole (an archive's member): MAX_VOXELS voxels of 8 bytes, not
@@ -84,8 +85,8 @@ def read_volume(path: Path) -> Volume:
 
 
 def volume_from_bytes(data: bytes, where: str) -> Volume:
-    """A 3D volume from the bytes of a NIfTI-1 file, gzipped or not (a member of an archive);
-    only as many bytes are unpacked as its header says it holds."""
+    """A 3D volume from the bytes of a NIfTI-1 or NIfTI-2 file, gzipped or not (a member of an
+    archive); only as many bytes are unpacked as its header says it holds."""
 
     gzipped = data[:2] == b"\x1f\x8b"
 
@@ -93,7 +94,13 @@ def volume_from_bytes(data: bytes, where: str) -> Volume:
         raw = io.BytesIO(data)
         return gzip.GzipFile(fileobj=raw) if gzipped else raw
 
-    return _volume(lambda: nib.Nifti1Image.from_stream(stream()), stream, where, len(data), gzipped)
+    def load() -> nib.Nifti1Image:
+        with stream() as opened:  # the header's first field, its size, tells the version
+            size = opened.read(4)
+        nifti_2 = NIFTI_2_HEADER_SIZE in {int.from_bytes(size, end) for end in ("little", "big")}
+        return (nib.Nifti2Image if nifti_2 else nib.Nifti1Image).from_stream(stream())
+
+    return _volume(load, stream, where, len(data), gzipped)
 
 
 def _volume(load, stream, where: str, stored: int, gzipped: bool) -> Volume:
