@@ -365,3 +365,16 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return "\nState:\tZ" not in status
+
+
+def _die(job) -> None:
+    os._exit(9)  # as a worker the system kills for want of memory
+
+
+def test_a_worker_that_dies_is_one_line_and_writes_nothing(task, tmp_path, monkeypatch):
+    from flexunet_k3.data import msd
+
+    monkeypatch.setattr(msd, "convert_case", _die)  # a worker pickles it by name
+    with pytest.raises(UserError, match="a worker process ended abruptly .* fewer --workers"):
+        prepare_msd(task, tmp_path / "out", size=32, workers=2)
+    assert not (tmp_path / "out").exists()

@@ -24,8 +24,9 @@ import threading
 import time
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -397,10 +398,20 @@ def _results(jobs: list[CaseJob], workers: int) -> Iterator[Iterator[CaseResult]
         return
     pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_start_worker)
     try:
-        futures = [pool.submit(convert_case, job) for job in jobs]
-        yield (future.result() for future in as_completed(futures))
+        yield _pooled(pool.submit(convert_case, job) for job in jobs)
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+def _pooled(futures: Iterable[Future]) -> Iterator[CaseResult]:
+    """The results of `futures` as they finish; a worker that died (killed, perhaps by the
+    system for want of memory) a UserError."""
+    try:
+        for future in as_completed(list(futures)):
+            yield future.result()
+    except BrokenProcessPool:
+        raise UserError("a worker process ended abruptly (killed, perhaps by the system for "
+                        "want of memory); run again with fewer --workers") from None
 
 
 def _start_worker() -> None:
