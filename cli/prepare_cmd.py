@@ -67,23 +67,26 @@ def msd_command(
     """Slice Decathlon CT volumes into 8-bit PNG image/mask pairs, split by patient."""
     from flexunet_k3.data.msd import prepare_msd
 
-    with warnings.catch_warnings(record=True) as caught, deferred():  # Ctrl-C between cases
+    with warnings.catch_warnings(record=True) as caught:  # shown after the progress bar
         warnings.simplefilter("always", UserWarning)
-        stats = prepare_msd(
-            source,
-            output,
-            window=_numbers(window, 2, "--window"),
-            size=size,
-            keep_empty=keep_empty,
-            split=_numbers(split, 3, "--split"),
-            seed=seed,
-            mini_test=mini_test,
-            workers=workers,
-            strict=strict,
-            overwrite=overwrite,
-        )
-    for warning in caught:
-        print_warning(warning.message)
+        try:
+            with deferred():  # Ctrl-C between cases
+                stats = prepare_msd(
+                    source,
+                    output,
+                    window=_numbers(window, 2, "--window"),
+                    size=size,
+                    keep_empty=keep_empty,
+                    split=_numbers(split, 3, "--split"),
+                    seed=seed,
+                    mini_test=mini_test,
+                    workers=workers,
+                    strict=strict,
+                    overwrite=overwrite,
+                )
+        finally:  # before an error too: the skipped cases may be why
+            for warning in caught:
+                print_warning(warning.message)
     _print_statistics(stats, output)
 
 
@@ -161,5 +164,8 @@ def _print_statistics(stats: dict, folder: Path) -> None:
     console.print(table)
     if "tumor_free_slices_dropped" in stats:
         console.print(f"tumor-free slices dropped: {stats['tumor_free_slices_dropped']}")
+    if stats.get("cases_without_slices"):
+        console.print(f"cases with no slice kept, split by patient for whole-volume work: "
+                      f"{', '.join(stats['cases_without_slices'])}")
     for problem in stats.get("skipped_cases", {}).values():
         console.print(f"skipped: {problem}")

@@ -143,7 +143,9 @@ def test_prepare_synthetic_at_512(prepared):
     assert (out / "statistics.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".flexunet-")]
     record = read_splits(out)  # the split by patient, for whole-volume work on the test cases
-    assert {split: set(record["splits"][split]) for split in SPLITS} == cases
+    without = set(stats["cases_without_slices"])  # tumor-free patients: in a split, no slice
+    assert {split: set(record["splits"][split]) - without for split in SPLITS} == cases
+    assert without and without <= set().union(*record["splits"].values())
     assert record["window"] == (-125.0, 225.0) and Path(record["source"]).is_absolute()
     assert record["files"][sorted(cases["test"])[0]]["label"].startswith("labelsTr/lung_")
 
@@ -239,6 +241,34 @@ def test_shape_mismatch_skipped_with_warning_or_strict_error(small_task, tmp_pat
         prepare_small(task, tmp_path / "strict", strict=True)
     assert not (tmp_path / "strict").exists()
 
+
+
+def test_a_patient_without_a_tumor_is_split_too(small_task, tmp_path):
+    task = shutil.copytree(small_task, tmp_path / "task")
+    path = task / "labelsTr" / "lung_002.nii.gz"
+    label = nib.load(path)
+    nib.save(nib.Nifti1Image(np.zeros(label.shape, np.uint8), label.affine), path)
+    stats = prepare_small(task, tmp_path / "out")
+    assert stats["cases_without_slices"] == ["002"] and stats["skipped_cases"] == {}
+    record = read_splits(tmp_path / "out")  # held out or not, whole-volume work finds it
+    assert sorted(case for cases in record["splits"].values() for case in cases) == [
+        "001", "002", "003"]
+    assert record["files"]["002"]["label"] == "labelsTr/lung_002.nii.gz"
+    assert not list((tmp_path / "out").rglob("002_*.png"))
+
+
+def test_every_case_skipped_says_so_after_the_warnings(small_task, tmp_path):
+    task = shutil.copytree(small_task, tmp_path / "task")
+    for path in (task / "labelsTr").glob("*.nii.gz"):
+        label = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(label.dataobj)[:, :, :-2], label.affine), path)
+    done = flexunet("prepare", "msd", "--source", str(task), "--output", str(tmp_path / "out"),
+                    "--size", "32", "--workers", "1", "--keep-empty", "1")
+    assert done.returncode == 2, done.stderr
+    *warned, error = done.stderr.strip().splitlines()
+    assert [line.split(":")[0] for line in warned] == ["warning"] * 3
+    assert error.startswith("error: every case was skipped (3 cases); the first: case 001: ")
+    assert not (tmp_path / "out").exists()
 
 def test_label_off_its_images_grid_skipped_with_warning(small_task, tmp_path):
     task = shutil.copytree(small_task, tmp_path / "task")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError, check_range, first_line, listing
+from ..errors import UserError, check_range, first_line, listing, plural
 from ..files import (
     MAX_JSON_BYTES,
     check_output_folder,
@@ -189,6 +189,7 @@ def prepare_msd(
         stats = dataset_statistics(staging)
         stats["tumor_free_slices_dropped"] = sum(r.dropped for r in results)
         stats["skipped_cases"] = {r.case: r.problem for r in results if r.problem}
+        stats["cases_without_slices"] = _without_slices(results)
         stats["settings"] = {"source": str(source), **settings}
         write_statistics(staging, stats, output.resolve().name)
         _make_room(staging, output, owned)
@@ -432,8 +433,15 @@ def _arrange(staging: Path, results: list[CaseResult], split, seed: int, mini_te
     return the case ids of each split."""
     written = [result.case for result in results if result.slices]
     if not written:
+        if all(result.problem for result in results):
+            raise UserError(f"every case was skipped ({plural(len(results), 'case')}); the "
+                            f"first: {results[0].problem}")
         raise UserError("no slice with a tumor in any case; check the labels, or use --keep-empty")
     splits = split_cases(written, split, seed)
+    # patients with no slice kept (tumor-free) are split by the same fractions, apart, so every
+    # split keeps slices: whole-volume scores see tumor-free patients held out too
+    for name, cases in split_cases(_without_slices(results), split, seed).items():
+        splits[name] = [*splits[name], *cases]
     for name, cases in splits.items():
         for kind in ("images", "masks"):
             (staging / name / kind).mkdir(parents=True)
@@ -448,6 +456,11 @@ def _arrange(staging: Path, results: list[CaseResult], split, seed: int, mini_te
             name = tests[index]
             shutil.copyfile(staging / "test" / kind / name, staging / MINI_TEST / kind / name)
     return splits
+
+
+def _without_slices(results: list[CaseResult]) -> list[str]:
+    """The cases read whole that gave no slice (no tumor, and no tumor-free slice kept)."""
+    return [result.case for result in results if not result.problem and not result.slices]
 
 
 def _make_room(staging: Path, output: Path, owned: frozenset[str]) -> None:
