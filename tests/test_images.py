@@ -2,6 +2,7 @@
 The loader that batches them for Keras is in test_loader.py."""
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -376,3 +377,17 @@ def test_the_mosaic_keeps_each_tiles_shape():
     assert canvas.shape == (64, 128, 3)
     assert (canvas[16:48, :64] == 255).all() and not canvas[:16, :64].any()
     assert not canvas[48:, :64].any() and (canvas[:, 64:] == 9).all()
+
+
+def test_a_very_large_image_is_named_in_the_warning(tmp_path, monkeypatch):
+    from flexunet_k3.data.images import open_image
+
+    path = tmp_path / "a_1.png"
+    Image.new("L", (12, 12)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow warns above, refuses above 200
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # as images.py
+        assert open_image(path).size == (12, 12)
+    assert [str(w.message) for w in caught] == [
+        f"{path}: 12x12 pixels, a very large image; reading it takes much memory"]

@@ -20,6 +20,10 @@ _DEEP_GRAY = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _SHOWN = 5
 
 
+# Pillow's own warning for a very large image names no file: open_image gives one that does
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def open_image(path: Path, keep_depth: bool = False) -> Image.Image:
     """A decoded image in mode "L" (gray) or "RGB", turned as its EXIF orientation says; alpha
     dropped, 16- and 32-bit gray scaled to 8-bit, or kept as they are (modes "I;16", "I", "F")
@@ -28,6 +32,7 @@ def open_image(path: Path, keep_depth: bool = False) -> Image.Image:
     check_regular_file(path)
     try:
         with Image.open(path, formats=_FORMATS) as img:
+            _warn_if_huge(path, img)
             frames = getattr(img, "n_frames", 1)
             if frames == 1:
                 ImageOps.exif_transpose(img, in_place=True)  # as viewers show it (a phone's JPEG)
@@ -37,6 +42,14 @@ def open_image(path: Path, keep_depth: bool = False) -> Image.Image:
             f"{path}: cannot read image ({first_line(exc)}); replace or remove the file"
         ) from None
     raise UserError(f"{path}: holds {frames} frames; give one image per file")
+
+
+def _warn_if_huge(path: Path, img: Image.Image) -> None:
+    """Warn, naming the file, where Pillow would (more pixels than Image.MAX_IMAGE_PIXELS; it
+    refuses twice as many as a possible decompression bomb)."""
+    if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:
+        warnings.warn(f"{path}: {img.width}x{img.height} pixels, a very large image; reading "
+                      "it takes much memory", UserWarning, stacklevel=3)
 
 
 def check_regular_file(path: Path) -> None:
