@@ -84,9 +84,11 @@ def train(
 
 def _after_ctrl_c(run: RunFolder, config: Path, overrides: list[str] | None) -> str:
     """What an interrupted `flexunet train` left, and how to go on (the same --set values)."""
-    state = run.read_state()
-    if state is None or state.status != "interrupted":
+    state = run.read_state()  # a second Ctrl-C may have cut the epoch's records short
+    if state is None:
         return "interrupted before training started"
+    if state.finished:  # an earlier run's, or this one's, stopped as it finished
+        return f"interrupted; {run.root} holds {state.describe()}"
     if not run.last.is_file():
         return "interrupted in the first epoch: nothing to resume; start again with --overwrite"
     backend = ["--backend", options.backend] if options.backend else []

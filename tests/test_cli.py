@@ -189,3 +189,22 @@ def test_ctrl_c_while_the_command_line_loads_is_one_line(monkeypatch, capsys):
     with pytest.raises(SystemExit) as caught:
         cli.main()
     assert caught.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+@pytest.mark.parametrize(("status", "said"), [
+    ("interrupted", "holds epoch 2; continue with: flexunet train --config c.yaml --set "
+                    "train.epochs=9 --resume"),
+    ("running", "holds epoch 2; continue with"),  # a second Ctrl-C before history.json said so
+    ("completed", "interrupted; RUN holds a finished run (2/2 epochs)"),
+])
+def test_ctrl_c_in_train_says_what_the_run_folder_holds(tmp_path, status, said):
+    from flexunet_k3.cli.run_cmd import _after_ctrl_c
+    from flexunet_k3.run_folder import RunFolder, TrainState
+
+    run = RunFolder(tmp_path / "run")
+    assert _after_ctrl_c(run, Path("c.yaml"), []) == "interrupted before training started"
+    run.last.parent.mkdir(parents=True)
+    run.last.write_bytes(b"a model")
+    TrainState(epochs=2, epoch=2, status=status).save(run.history)
+    assert said.replace("RUN", str(run.root)) in _after_ctrl_c(run, Path("c.yaml"),
+                                                                ["train.epochs=9"])
