@@ -483,6 +483,8 @@ def parse_override(text: str) -> tuple[list[str], object]:
         raise UserError(f"--set {text!r}: the key has an empty part; expected section.key=value")
     try:
         value = _parse_yaml(raw)
+    except AmbiguousNumberError as exc:  # refused as in a file, not taken as text
+        raise UserError(f"--set {'.'.join(keys)}: {exc.problem}") from None
     except ValueError:
         value = raw
     if isinstance(value, str) and "#" in raw and "#" not in value:  # `run #2`: no comment
@@ -537,12 +539,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+class AmbiguousNumber(yaml.constructor.ConstructorError):
+    """A number YAML 1.1 and 1.2 read differently (`_construct_int`)."""
+
+
+class AmbiguousNumberError(ValueError):
+    """`_parse_yaml`'s error for an AmbiguousNumber; `problem` says what it is, alone."""
+
+    def __init__(self, message: str, problem: str):
+        super().__init__(message)
+        self.problem = problem
+
+
 def _construct_int(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> int:
     """An integer, refused where YAML 1.1 (PyYAML) and YAML 1.2 read it differently: a
     leading zero (010 is 8 in 1.1, 10 in 1.2) or base 60 (1:30 is 90 in 1.1, text in 1.2)."""
     text = loader.construct_scalar(node).replace("_", "")
     if ":" in text or re.fullmatch(r"[-+]?0[0-9]+", text):
-        raise yaml.constructor.ConstructorError(
+        raise AmbiguousNumber(
             problem=f"{text!r} is an octal or base-60 number in YAML 1.1; write it without "
             "leading zeros or colons, or quote it", problem_mark=node.start_mark)
     return loader.construct_yaml_int(node)
@@ -567,7 +581,10 @@ def _parse_yaml(text: str):
         context, problem = getattr(exc, "context", None), getattr(exc, "problem", None)
         if context and problem:
             problem = f"{context}{' ' if problem.startswith('but ') else ': '}{problem}"
-        raise ValueError(f"not valid YAML{where}: {problem or context or exc}") from None
+        message = f"not valid YAML{where}: {problem or context or exc}"
+        if isinstance(exc, AmbiguousNumber):
+            raise AmbiguousNumberError(message, exc.problem) from None
+        raise ValueError(message) from None
     except RecursionError:
         raise ValueError("not valid YAML: nested too deeply") from None
     except (ValueError, LookupError, AttributeError, TypeError) as exc:

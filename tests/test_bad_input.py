@@ -267,6 +267,8 @@ CASES = [
          config()),
     Case("set-empty-key", [*V, "--set", "=3"], ("--set", "empty part"), config()),
     Case("set-unknown-key", [*V, "--set", "train.epoch=3"], ("--set train.epoch",), config()),
+    Case("set-octal", [*V, "--set", "model.image_height=010"],
+         ("error: --set model.image_height: '010' is an octal or base-60 number",), config()),
     Case("set-bad-value", [*V, "--set", "model.image_height=abc"], ("--set model.image_height",),
          config()),
     Case("set-true-epochs", [*V, "--set", "train.epochs=true"], ("--set train.epochs",), config()),
