@@ -10,6 +10,7 @@ import keras.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import time
@@ -19,9 +20,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Annotated
 
 import yaml
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BeforeValidator, TypeAdapter, ValidationError
 
 from flexunet_k3.config import (
     MAX_CONFIG_BYTES,
@@ -287,6 +289,14 @@ class RunFolder:
                             "damaged; train again with --overwrite") from None
 
 
+def _nan_if_null(value):
+    return math.nan if value is None else value
+
+
+# an epoch's logged value; JSON has no NaN (a class no image holds scores NaN): written as null
+Logged = Annotated[float, BeforeValidator(_nan_if_null)]
+
+
 @dataclass
 class TrainState:
     """What history.json holds: the epochs done, their logs, and what --resume needs."""
@@ -297,7 +307,7 @@ class TrainState:
     best_epoch: int = 0
     best_val_loss: float | None = None
     lr_wait: int = 0
-    history: dict[str, list[float]] = field(default_factory=dict)
+    history: dict[str, list[Logged]] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:

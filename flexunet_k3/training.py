@@ -1,9 +1,9 @@
 """`flexunet train`: build or resume the model, fit with checkpoints, curves and progress.
 
-Ctrl-C stops at the next step or epoch boundary, saves models/last.keras and re-raises
-KeyboardInterrupt (a second Ctrl-C stops at once, keeping the last finished epoch's
-checkpoint); `resume=True` continues from it with its optimizer state, epoch count and plateau
-counters (history.json), at a new learning rate only if the config's was changed since.
+Ctrl-C stops at the next step or epoch boundary and re-raises KeyboardInterrupt (a second one
+stops at once); models/last.keras keeps the last finished epoch, and `resume=True` continues
+from it with its optimizer state, epoch count and plateau counters (history.json), as if never
+stopped, at a new learning rate only if the config's was changed since.
 """
 
 from __future__ import annotations
@@ -32,12 +32,11 @@ from flexunet_k3.data.images import check_unique_stems, list_images
 from flexunet_k3.distribution import Placement, start
 from flexunet_k3.errors import UserError, plural
 from flexunet_k3.files import copy_file, write_text
-from flexunet_k3.interrupt import Interrupted, deferred, raise_if_pressed
+from flexunet_k3.interrupt import deferred, raise_if_pressed
 from flexunet_k3.memory import keep_freed_memory
 from flexunet_k3.model_io import (
     compile_model,
     load_trained_model,
-    save_model,
     saved_precision,
     takes_any_size,
 )
@@ -131,7 +130,8 @@ def _fit(
 ) -> tuple[keras.Model, tuple[int, int] | None]:
     """Build (or load) the model and fit it; return it and where the loss became NaN, if it did.
 
-    Ctrl-C before the first step stops with nothing written; later it saves models/last.keras.
+    Ctrl-C before the first step stops with nothing written; later, models/last.keras keeps the
+    last finished epoch (the unfinished one's steps are dropped).
     An earlier run's files go (with `overwrite`) only once the data and the model are ready.
     """
     train_data = dataset_from_config(config, "train", training=True, placement=placement)
@@ -140,6 +140,12 @@ def _fit(
         warn_shared_cases([image for image, _ in valid_data.pairs],
                           [image for image, _ in train_data.pairs], "train",
                           "validation scores (and early stopping) see patients trained on")
+    for split, data in (("train", train_data), ("valid", valid_data)):
+        if len(data) == 0:  # every batch holds a share for each device
+            raise UserError(
+                f"the {split} split has {plural(len(data.pairs), 'image')}, fewer than the "
+                f"{placement.device_count} devices of train.distribution, each of which needs "
+                "one a batch; lower train.devices, or add images")
     if valid_data.left_out and placement.writes:
         warnings.warn(
             f"validation leaves out the last {plural(valid_data.left_out, 'image')} of "
@@ -178,10 +184,8 @@ def _fit(
         if failure is None:
             raise
         raise failure from None  # a bad file, however the backend wrapped it; a lost process
-    except KeyboardInterrupt as stop:
+    except KeyboardInterrupt:  # models/last.keras keeps the last finished epoch, to go on from
         state.status = "interrupted"
-        if isinstance(stop, Interrupted):  # raised at a step or epoch boundary: weights whole
-            save_model(model, run.last if placement.writes else None, state.as_member())
         if placement.writes:
             state.save(run.history)
         raise

@@ -5,6 +5,7 @@ writes; a lost process ends the other with one line; bad settings get one line.
 These run in the `parity` session, where every backend is installed."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -186,6 +187,19 @@ def test_bad_distribution_settings(tmp_path, tiny_dataset, backend, train, env, 
     assert_one_line_error(done, *fragments)
     assert not (tmp_path / "run").exists()
 
+
+
+def test_a_split_smaller_than_the_devices_is_refused_before_writing(tmp_path, tiny_dataset):
+    dataset = shutil.copytree(tiny_dataset, tmp_path / "dataset")
+    for path in sorted((dataset / "valid" / "images").iterdir())[3:]:
+        path.unlink()
+        (dataset / "valid" / "masks" / path.name).unlink()
+    config = config_for(tmp_path, dataset, distribution="data_parallel")
+    done = subprocess.run(["flexunet", "--backend", "jax", "train", "--config", str(config)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "FLEXUNET_CPU_DEVICES": "4"})
+    assert_one_line_error(done, "the valid split has 3 images, fewer than the 4 devices")
+    assert not (tmp_path / "run").exists()
 
 @pytest.mark.parametrize("tasks, several", [("2", True), ("1", False), ("\u00b2", False),
                                             ("two", False)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from flexunet_k3.files import HOST, staged, temporary_prefix
-from flexunet_k3.run_folder import RunFolder
+from flexunet_k3.run_folder import RunFolder, TrainState
 
 
 def test_staging_lies_inside_an_existing_output_even_through_a_link(tmp_path):
@@ -87,3 +88,12 @@ def test_the_temporaries_of_a_killed_process_are_removed_by_the_next(tmp_path):
     assert not named(mine)
     assert all(path.read_text() == "keep" for path in kept)
     assert sorted(p.name for p in run.iterdir() if p.suffix == ".png") == ["b.png"]
+
+
+def test_a_metric_no_image_scores_survives_the_run_state(tmp_path):
+    run = RunFolder(tmp_path)
+    TrainState(epochs=2, epoch=1, history={"loss": [0.5], "val_dice_other": [math.nan]}).save(
+        run.history)  # JSON has no NaN: written as null
+    assert '"val_dice_other": [\n      null' in run.history.read_text()
+    state = run.read_state()
+    assert state.history["loss"] == [0.5] and math.isnan(state.history["val_dice_other"][0])

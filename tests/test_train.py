@@ -307,6 +307,34 @@ def test_ctrl_c_during_epoch_end_callbacks_lets_them_finish(tmp_path, tiny_datas
     assert keras.saving.load_model(run / "models" / "last.keras").optimizer.iterations > 0
 
 
+
+def test_ctrl_c_mid_epoch_drops_its_steps_and_resume_trains_as_never_stopped(
+        tmp_path, tiny_dataset, monkeypatch):
+    class CtrlCInEpoch2(training.ProgressBars):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch_now == 1 and batch == 0:
+                signal.raise_signal(signal.SIGINT)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_now = epoch
+            super().on_epoch_begin(epoch, logs)
+
+    def steps_trained() -> int:
+        return int(keras.saving.load_model(run / "models" / "last.keras").optimizer.iterations)
+
+    config = write_config(tmp_path, tiny_dataset,
+                          train={"epochs": 3, "patience": 50, "epoch_change_infer": False})
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "ProgressBars", CtrlCInEpoch2)
+        with pytest.raises(Interrupted):  # at the next step of epoch 2
+            train(load_config(config))
+    assert read_state(run)["epoch"] == 1
+    per_epoch = steps_trained()  # epoch 1's: the step of epoch 2 is not kept
+    assert per_epoch == len(dataset_from_config(load_config(config), "train", training=True))
+    train(load_config(config), resume=True)
+    assert steps_trained() == 3 * per_epoch  # as in a run never stopped
+
 def test_ctrl_c_while_the_model_builds_stops_before_training(tmp_path, tiny_dataset, monkeypatch):
     def compile_with_ctrl_c(config):
         signal.raise_signal(signal.SIGINT)  # as if pressed during JAX's compilation
