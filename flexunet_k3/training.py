@@ -25,7 +25,7 @@ from flexunet_k3.callbacks import (
     SafeInterrupt,
     Throughput,
 )
-from flexunet_k3.config import Config
+from flexunet_k3.config import Config, OptimizerConfig
 from flexunet_k3.data.cases import warn_shared_cases
 from flexunet_k3.data.dataset import dataset_from_config
 from flexunet_k3.data.images import check_unique_stems, list_images
@@ -197,8 +197,14 @@ def _fit(
 def _resume(run: RunFolder, config: Config) -> keras.Model:
     """models/last.keras to go on training; refused if the config's model section changed since
     the run started. A learning rate changed in the config replaces the one the run reached."""
-    before = run.check_model(config, "--resume goes on with the saved model: set them back, or "
-                             "train anew with --overwrite or in another train.output_dir")
+    anew = "train anew with --overwrite or in another train.output_dir"
+    before = run.check_model(config, f"--resume goes on with the saved model: set them back, or "
+                             f"{anew}")
+    changed = [] if before is None else _compile_changes(before, config)
+    if changed:
+        raise UserError(f"{run.root}: trained with {', '.join(changed)}, not as the config says; "
+                        f"--resume goes on with the saved optimizer, loss and metrics: set them "
+                        f"back, or {anew}")
     model = load_trained_model(run.last, config, compile=True)
     if config.train.crop_size and not takes_any_size(model):
         raise UserError(
@@ -223,6 +229,17 @@ def _resume(run: RunFolder, config: Config) -> keras.Model:
             stacklevel=2,
         )
     return model
+
+
+def _compile_changes(trained: Config, config: Config) -> list[str]:
+    """The settings compiled into the saved model (optimizer but its learning rate, loss, the
+    class names its metrics carry) that `config` changes, as `key old value`."""
+    pairs = {f"optimizer.{key}": (getattr(trained.optimizer, key), getattr(config.optimizer, key))
+             for key in OptimizerConfig.model_fields if key != "learning_rate"}
+    pairs["train.loss"] = (trained.train.loss, config.train.loss)
+    pairs["data.classes"] = ([spec.name for spec in trained.data.classes],
+                             [spec.name for spec in config.data.classes])
+    return [f"{key} {old}" for key, (old, new) in pairs.items() if old != new]
 
 
 def _finish(model, run: RunFolder, state: TrainState, nan_at: tuple[int, int] | None,

@@ -261,6 +261,12 @@ def test_resume_takes_a_changed_learning_rate_and_keeps_a_reached_one(tmp_path, 
                          train={"epochs": 4})
     with pytest.raises(UserError, match="trained with model.base_filters 4, not as the config"):
         train(load_config(wider), resume=True)
+    other = write_config(tmp_path, tiny_dataset, optimizer={"name": "sgd", "learning_rate": 0.002},
+                         train={"epochs": 4, "loss": "dice"})
+    with pytest.raises(UserError, match=r"trained with optimizer.name adam, train.loss "
+                       r"categorical_crossentropy, not as the config says; --resume goes on with "
+                       r"the saved optimizer, loss and metrics"):
+        train(load_config(other), resume=True)
 
 
 def test_an_early_stopped_run_resumes_with_more_patience(tmp_path, tiny_dataset):
