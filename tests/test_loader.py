@@ -116,6 +116,22 @@ def test_caches_give_the_same_batches_as_no_cache(tmp_path, cache):
         assert np.array_equal(reused[0][0], make_dataset(root)[0][0])
 
 
+
+def test_a_file_copied_over_with_its_time_kept_is_decoded_anew(tmp_path):
+    root = write_split(tmp_path, count=2)
+    for png in (root / "images").iterdir():  # BMPs of one size are of one byte length
+        Image.open(png).save(png.with_suffix(".bmp"))
+        png.unlink()
+    image = sorted((root / "images").iterdir())[0]
+    first = make_dataset(root, cache="disk", cache_dir=tmp_path / "cache")[0][0]
+    before = image.stat()
+    Image.fromarray(np.full((24, 32), 7, np.uint8)).save(image)
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `cp -p` keeps it
+    assert image.stat().st_size == before.st_size
+    again = make_dataset(root, cache="disk", cache_dir=tmp_path / "cache")[0][0]
+    assert np.array_equal(again, make_dataset(root)[0][0]) and not np.array_equal(again, first)
+
+
 def test_a_bad_file_leaves_no_partial_disk_cache_and_is_kept_as_the_failure(tmp_path):
     root = write_split(tmp_path, count=3)
     broken = sorted((root / "images").iterdir())[-1]

@@ -197,9 +197,11 @@ class SegmentationDataset(keras.utils.PyDataset):
         self._warn_off_color()
 
     def _cache_key(self) -> str:
-        """A digest of the files (names, sizes, mtimes), the target size and the classes."""
+        """A digest of the files (names, sizes, modification and change times: a copy that keeps
+        the modification time, `cp -p` or `rsync -a`, still changes the change time), the target
+        size and the classes."""
         stats = [(str(path), path.stat()) for pair in self.pairs for path in pair]
-        files = [[name, stat.st_size, stat.st_mtime_ns] for name, stat in stats]
+        files = [[name, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns] for name, stat in stats]
         text = json.dumps([files, self.image_size, self.channels, self.colors])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
