@@ -14,7 +14,7 @@ from rich.table import Table
 
 from flexunet_k3.config import Config, load_config
 from flexunet_k3.errors import UserError, plural
-from flexunet_k3.files import check_output_folder, refuse_overwriting
+from flexunet_k3.files import refuse_overwriting
 from flexunet_k3.interrupt import deferred
 from flexunet_k3.run_folder import EVALUATION_FILES, RunFolder
 
@@ -165,16 +165,17 @@ def evaluate(
         _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, output,
                           overwrite)
         return
-    from flexunet_k3.evaluation import evaluate_folders, summary_rows, write_report
+    from flexunet_k3.evaluation import pair_masks, score_masks, summary_rows, write_report
 
     if predictions is not None or masks is not None:
         if predictions is None or masks is None:
             raise UserError("--predictions and --masks go together: give both folders")
         cfg = config_or_defaults(config, overrides)
-        with warnings_as_lines():
-            report = evaluate_folders(predictions, masks, cfg.data.classes)
+        pairs = pair_masks(predictions, masks)
         folder = output or predictions / "evaluation"
-        refuse_overwriting(folder, EVALUATION_FILES, overwrite)
+        refuse_overwriting(folder, EVALUATION_FILES, overwrite)  # before the scoring
+        with warnings_as_lines():
+            report = score_masks(pairs, cfg.data.classes)
         write_report(report, folder)
     elif config is None:
         raise UserError("give --config (to score the trained model) or --predictions and --masks")
@@ -213,7 +214,6 @@ def _evaluate_volumes(config, overrides, volumes, labels, source, tolerance_mm, 
         predictions = Path(volumes)
         beside = predictions if predictions.is_dir() else predictions.parent
         folder = output or beside / "evaluation"
-        check_output_folder(folder)
         refuse_overwriting(folder, ve.REPORT_FILES, overwrite)
         report = ve.evaluate_volume_files(predictions, labels,
                                           [spec.name for spec in cfg.data.classes], tolerance_mm)

@@ -259,11 +259,16 @@ def _stacked(batch: list[tuple[str, np.ndarray, np.ndarray]]):
     return list(names), np.stack(truths), np.stack(probabilities)
 
 
-def evaluate_folders(predictions_dir: Path, masks_dir: Path, classes) -> Report:
-    """Score existing mask files against ground-truth masks paired by file stem; no model."""
+def pair_masks(predictions_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
+    """Predicted and ground-truth mask files paired by file stem (a folder that is missing,
+    empty or does not pair refused)."""
+    return pair_files(predictions_dir, masks_dir, image_suffixes=MASK_SUFFIXES)
+
+
+def score_masks(pairs: list[tuple[Path, Path]], classes) -> Report:
+    """Score predicted mask files against their ground truth (`pair_masks`); no model."""
     colors = [spec.color for spec in classes]
     scorer = Scorer([spec.name for spec in classes])
-    pairs = pair_files(predictions_dir, masks_dir, image_suffixes=MASK_SUFFIXES)
     off_color = np.zeros((len(pairs), 2), np.int64)  # per pair: prediction's, ground truth's
     for row, (prediction_path, mask_path) in enumerate(track(pairs, "scoring")):
         predicted, off_color[row, 0] = read_mask(prediction_path, colors)
@@ -276,6 +281,6 @@ def evaluate_folders(predictions_dir: Path, masks_dir: Path, classes) -> Report:
             )
         one_hot = np.eye(len(colors), dtype=np.float32)[predicted]
         scorer.add([mask_path.name], truth[None], one_hot[None])
-    for folder, counts in zip((predictions_dir, masks_dir), off_color.T, strict=True):
+    for folder, counts in zip((pairs[0][0].parent, pairs[0][1].parent), off_color.T, strict=True):
         warn_off_color(folder, counts, stacklevel=2)
     return scorer.report()

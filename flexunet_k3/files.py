@@ -128,10 +128,13 @@ def staged(folder: Path) -> Iterator[Path]:
 
 
 def check_output_folder(output: Path, folders: Sequence[str] = ()) -> None:
-    """Refuse, before any work, an output that is a file or lies under one, or that holds a
-    file where one of `folders` (paths relative to it) goes."""
+    """Refuse, before any work, an output that is a file (or a link to nothing) or lies under
+    one, or that holds one where one of `folders` (paths relative to it) goes."""
     for folder in (output, *(output / name for name in folders)):
         for path in (folder, *folder.parents):
+            if path.is_symlink() and not path.exists():
+                raise UserError(f"{path}: {describe(path)}; choose another output or remove "
+                                "the link")
             if path.exists() and not path.is_dir():
                 raise UserError(
                     f"{path}: is a file, not a folder; choose another output or move the file"
@@ -174,7 +177,9 @@ def refuse_overwriting(
 ) -> None:
     """Refuse, before any work, to replace files already in `folder` under `names` (paths
     relative to it) unless `overwrite` or they are `owned` (this tool wrote them): they may be
-    a user's own. A folder or a special file where a file goes is refused even so."""
+    a user's own. A folder or a special file where a file goes is refused even so, and so is a
+    `folder` that cannot be one or cannot be written (`check_output_folder`)."""
+    check_output_folder(folder)
     refuse_non_files([folder / name for name in names], "move it, or choose another --output")
     if overwrite:
         return

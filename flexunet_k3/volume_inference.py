@@ -30,7 +30,7 @@ from flexunet_k3.data.nifti import (
     write_like,
 )
 from flexunet_k3.errors import UserError, listing
-from flexunet_k3.files import check_output_folder, describe, refuse_overwriting, staged
+from flexunet_k3.files import describe, refuse_overwriting, staged
 from flexunet_k3.inference import iter_probabilities, labels_of
 from flexunet_k3.progress import track
 
@@ -149,7 +149,6 @@ def infer_volumes(
     if twice:  # `a_probabilities` is also the probabilities of `a`
         raise UserError(f"{output_dir}: {listing(twice)} would be written twice (from two "
                         "inputs); rename one input, or leave out --probabilities")
-    check_output_folder(output_dir)
     sources = {item.path.resolve() for item in inputs if item.path is not None}
     for name in names:  # --overwrite or not: the input is the user's own
         if (output_dir / name).resolve() in sources:

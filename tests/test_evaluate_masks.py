@@ -12,7 +12,7 @@ from conftest import flexunet, read_csv
 from PIL import Image
 
 from flexunet_k3.config import Config
-from flexunet_k3.evaluation import Scorer, evaluate_folders
+from flexunet_k3.evaluation import Scorer, pair_masks, score_masks
 
 SQUARE = np.zeros((16, 16), bool)
 SQUARE[2:6, 2:6] = True
@@ -79,7 +79,7 @@ def test_class_id_masks_are_warned_about_not_scored_silently(tmp_path):
     assert f"{tmp_path / 'predicted'}: {pixels} pixels in {masks} masks are not" in warned[0]
     with warnings.catch_warnings():  # class colors: no warning
         warnings.simplefilter("error")
-        evaluate_folders(tmp_path / "truth", tmp_path / "truth", Config().data.classes)
+        score_masks(pair_masks(tmp_path / "truth", tmp_path / "truth"), Config().data.classes)
 
 
 def test_npz_predictions_of_class_ids_are_scored(tmp_path):
@@ -88,7 +88,8 @@ def test_npz_predictions_of_class_ids_are_scored(tmp_path):
     for name, (truth, predicted) in SLICES.items():
         Image.fromarray(truth.astype(np.uint8) * 255).save(tmp_path / "truth" / name)
         np.savez(tmp_path / "predicted" / Path(name).with_suffix(".npz"), labels=predicted)
-    report = evaluate_folders(tmp_path / "predicted", tmp_path / "truth", Config().data.classes)
+    pairs = pair_masks(tmp_path / "predicted", tmp_path / "truth")
+    report = score_masks(pairs, Config().data.classes)
     expected = [dice(t, p) for t, p in SLICES.values() if t.any() or p.any()]
     assert report.summary["classes"]["tumor"]["per_image"]["dice"] == pytest.approx(
         np.mean(expected)
@@ -100,7 +101,7 @@ def test_real_ct_masks_against_themselves_score_1():
     if not folder:
         pytest.skip("FLEXUNET_REAL_CT is not set (a folder with images/ and masks/ of real CT)")
     masks = Path(folder) / "masks"
-    report = evaluate_folders(masks, masks, Config().data.classes)
+    report = score_masks(pair_masks(masks, masks), Config().data.classes)
     assert len(report.per_case) == len({row["case"] for row in report.per_image}) > 1
     assert all(row["dice"] == 1.0 and row["iou"] == 1.0 for row in report.per_case)
     assert report.summary["classes"]["tumor"]["per_case"]["dice"] == 1.0
