@@ -135,8 +135,14 @@ def as_configured(model, config: Config):
             keras.mixed_precision.set_global_policy(previous)
         rebuilt.set_weights(model.get_weights())
         model = rebuilt
-    if config.train.jit != "auto":  # "auto" stays Keras' choice per backend (no torch.compile)
-        model.jit_compile = JIT[config.train.jit]
+    return with_jit(model, config.train.jit)
+
+
+def with_jit(model, jit: str):
+    """`model` compiled (`on`) or run step by step (`off`) as train.jit says; `auto` leaves
+    Keras' choice, made when the model was compiled (per backend; no torch.compile)."""
+    if jit != "auto":
+        model.jit_compile = JIT[jit]
     return model
 
 

@@ -39,6 +39,7 @@ from flexunet_k3.model_io import (
     load_trained_model,
     saved_precision,
     takes_any_size,
+    with_jit,
 )
 from flexunet_k3.plots import write_curves
 from flexunet_k3.precision import policy
@@ -205,7 +206,7 @@ def _resume(run: RunFolder, config: Config) -> keras.Model:
         raise UserError(f"{run.root}: trained with {', '.join(changed)}, not as the config says; "
                         f"--resume goes on with the saved optimizer, loss and metrics: set them "
                         f"back, or {anew}")
-    model = load_trained_model(run.last, config, compile=True)
+    model = with_jit(load_trained_model(run.last, config, compile=True), config.train.jit)
     if config.train.crop_size and not takes_any_size(model):
         raise UserError(
             f"{run.last}: trained on whole images, this model cannot go on with "

@@ -338,7 +338,9 @@ def test_ctrl_c_mid_epoch_drops_its_steps_and_resume_trains_as_never_stopped(
     assert read_state(run)["epoch"] == 1
     per_epoch = steps_trained()  # epoch 1's: the step of epoch 2 is not kept
     assert per_epoch == len(dataset_from_config(load_config(config), "train", training=True))
-    train(load_config(config), resume=True)
+    step_by_step = write_config(tmp_path, tiny_dataset, train={
+        "epochs": 3, "patience": 50, "epoch_change_infer": False, "jit": "off"})
+    assert train(load_config(step_by_step), resume=True).model.jit_compile is False  # as set
     assert steps_trained() == 3 * per_epoch  # as in a run never stopped
 
 def test_ctrl_c_while_the_model_builds_stops_before_training(tmp_path, tiny_dataset, monkeypatch):
