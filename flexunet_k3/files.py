@@ -25,9 +25,21 @@ from pathlib import Path
 from flexunet_k3.errors import UserError, first_line, listing
 
 MAX_JSON_BYTES = 64 * 2**20  # a record or dataset.json this command reads: far more than any needs
-# A temporary's name says whose it is (pid, and a digest of the host name), so that a later
-# command can remove those of a process killed outright: `.flexunet-<kind>.<pid>-<host>.`.
-HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+# A temporary's name says whose it is (pid, and a digest of the host), so that a later command
+# can remove those of a process killed outright: `.flexunet-<kind>.<pid>-<host>.`.
+
+
+def _this_host() -> str:
+    """A digest of the host name and the process-id namespace: containers on one host may
+    share its name but not their process ids."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:  # not Linux
+        namespace = ""
+    return hashlib.sha256(f"{socket.gethostname()} {namespace}".encode()).hexdigest()[:8]
+
+
+HOST = _this_host()
 TEMPORARY = re.compile(r"\.flexunet-(?:staging|saving|tmp)\.(\d{1,10})-([0-9a-f]{8})\.")
 
 
