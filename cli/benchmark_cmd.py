@@ -135,7 +135,9 @@ def benchmark(
         float, typer.Option(min=1, max=7 * 86400, help="Seconds allowed per run.")
     ] = 1800,
     json_file: Annotated[
-        Path | None, typer.Option("--json", help="Write the rows as JSON.")
+        Path | None, typer.Option("--json", help=(
+            "Write the rows as JSON, with the config, its --set overrides and its model and "
+            "train sections; each row's case is the backend, precision, jit and batch it ran."))
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --json file.")] = False,
     overrides: Overrides = None,

@@ -250,7 +250,7 @@ class RunFolder:
         """The training state (None before the first epoch): history.json's, or the one saved
         inside models/last.keras where that is further on (a process killed between the
         two)."""
-        kept, saved = self._history_state(), self._checkpoint_state()
+        kept, saved = self._history_state(), self.checkpoint_state()
         return saved if saved and (kept is None or saved.epoch > kept.epoch) else kept
 
     def history_behind(self, state: TrainState) -> bool:
@@ -258,7 +258,7 @@ class RunFolder:
         kept = self._history_state()
         return kept is None or kept.epoch < state.epoch
 
-    def _checkpoint_state(self) -> TrainState | None:
+    def checkpoint_state(self) -> TrainState | None:
         """The state saved in models/last.keras; None where there is none, or it is unreadable
         (a damaged model is refused when it is loaded)."""
         if not self.last.is_file():

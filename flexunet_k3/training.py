@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -188,11 +188,22 @@ def _fit(
     except KeyboardInterrupt:  # models/last.keras keeps the last finished epoch, to go on from
         state.status = "interrupted"
         if placement.writes:
-            state.save(run.history)
+            _record_interrupted(run, state)
         raise
     finally:
         bars.close()
     return model, nan_guard.where
+
+
+def _record_interrupted(run: RunFolder, state: TrainState) -> None:
+    """history.json for a run Ctrl-C stopped, as of the epoch models/last.keras holds: a second
+    Ctrl-C may have cut that epoch's saving short, before the checkpoint or after it."""
+    saved = run.checkpoint_state()
+    if saved is not None and saved.epoch != state.epoch:
+        if run.history_behind(saved):
+            _catch_up(run, saved)
+        state = replace(saved, status="interrupted")
+    state.save(run.history)
 
 
 def _resume(run: RunFolder, config: Config) -> keras.Model:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import keras
 import pytest
 from conftest import TINY, assert_one_line_error, flexunet, write_config
 
-from flexunet_k3 import training
+from flexunet_k3 import callbacks, training
 from flexunet_k3.callbacks import RunRecorder
 from flexunet_k3.config import load_config
 from flexunet_k3.data.dataset import dataset_from_config
@@ -342,6 +343,34 @@ def test_ctrl_c_mid_epoch_drops_its_steps_and_resume_trains_as_never_stopped(
         "epochs": 3, "patience": 50, "epoch_change_infer": False, "jit": "off"})
     assert train(load_config(step_by_step), resume=True).model.jit_compile is False  # as set
     assert steps_trained() == 3 * per_epoch  # as in a run never stopped
+
+
+@pytest.mark.parametrize("saved", [False, True], ids=["before-the-checkpoint", "after-it"])
+def test_a_second_ctrl_c_while_saving_keeps_the_records_at_the_checkpoint(
+        tmp_path, tiny_dataset, monkeypatch, saved):
+    def second_ctrl_c(model, path, extra):
+        if json.loads(*extra.values())["epoch"] == 2:
+            if saved:
+                saving(model, path, extra)
+            raise KeyboardInterrupt  # as a second Ctrl-C does, at once
+        saving(model, path, extra)
+
+    def steps_trained() -> int:
+        return int(keras.saving.load_model(run / "models" / "last.keras").optimizer.iterations)
+
+    saving, run = callbacks.save_model, tmp_path / "run"
+    config = write_config(tmp_path, tiny_dataset,
+                          train={"epochs": 3, "patience": 50, "epoch_change_infer": False})
+    with monkeypatch.context() as patch:
+        patch.setattr(callbacks, "save_model", second_ctrl_c)
+        with pytest.raises(KeyboardInterrupt), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # brought up to date from the checkpoint
+            train(load_config(config))
+    state = read_state(run)  # the epoch last.keras holds, not the one being saved
+    assert state["status"] == "interrupted" and state["epoch"] == 1 + saved
+    per_epoch = steps_trained() // state["epoch"]
+    train(load_config(config), resume=True)
+    assert steps_trained() == 3 * per_epoch and len(read_state(run)["history"]["loss"]) == 3
 
 def test_ctrl_c_while_the_model_builds_stops_before_training(tmp_path, tiny_dataset, monkeypatch):
     def compile_with_ctrl_c(config):
