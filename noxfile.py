@@ -9,6 +9,7 @@ tests/conftest.py (NO_BACKEND_MODULES); their tests carry the `no_backend` marke
 import nox
 
 BACKENDS = ["tensorflow", "jax", "torch"]
+ONCE_ON = "tensorflow"  # the backend session that runs the `once` tests
 CONSTRAINTS = ".ci/constraints-cpu.txt"
 # pytest-xdist: one worker per CPU core, each test module whole on one worker (module fixtures
 # such as the parity outputs are built once). Much of a test's time is single-threaded: Python
@@ -30,13 +31,12 @@ def tests_no_backend(session: nox.Session) -> None:
 @nox.session
 @nox.parametrize("backend", BACKENDS)
 def tests(session: nox.Session, backend: str) -> None:
-    """The suite but the parity and `no_backend` tests, with only `backend` installed, on one
-    pytest-xdist worker per CPU core."""
+    """The suite but the parity and `no_backend` tests (and, but on TensorFlow, the `once`
+    tests), with only `backend` installed, on one pytest-xdist worker per CPU core."""
     session.install("-c", CONSTRAINTS, f".[{backend},test]")
-    session.run(
-        "pytest", "-m", "not parity and not no_backend", *PARALLEL, *session.posargs,
-        env={"KERAS_BACKEND": backend},
-    )
+    selected = "not parity and not no_backend" + (" and not once" if backend != ONCE_ON else "")
+    session.run("pytest", "-m", selected, *PARALLEL, *session.posargs,
+                env={"KERAS_BACKEND": backend})
 
 
 @nox.session

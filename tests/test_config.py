@@ -151,6 +151,12 @@ def test_schema_takes_the_short_forms_a_config_may_use():
     assert {"type": "boolean"} in train["jit"]["anyOf"]  # `jit: on` in YAML 1.1
     assert ModelConfig(base_kernels=7, dilation=2).base_kernels == (7, 7)
 
+
+def test_lung_model_has_the_originals_parameter_count():
+    """Counted without building it (test_model checks weight_count against keras); `flexunet
+    summary` of the built model prints it too (test_cli_backend)."""
+    assert load_config(LUNG).model.weight_count() == 124_996_866
+
 def test_schedules_shrink_to_floor():
     levels = ModelConfig(base_kernels=9, dilation=3, dropout_rate=0.1).levels()
     assert [lv["kernel_size"][0] for lv in levels] == [9, 7, 5, 3, 3, 3, 3, 3]

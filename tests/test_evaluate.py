@@ -120,6 +120,7 @@ def test_a_float32_model_predicts_under_the_configured_precision(trained_run):
     assert np.abs(bf16 - float32).max() < 0.05
 
 
+@pytest.mark.once  # refused whatever the backend: run in one session
 def test_bad_inputs_exit_2_with_one_line(trained_run, tiny_dataset, tmp_path):
     assert_one_line_error(flexunet("evaluate", "--predictions", str(tmp_path)), "--masks")
     assert_one_line_error(

@@ -1,6 +1,7 @@
 """`flexunet infer`: palette masks named and sized like their inputs, overlays, bad inputs."""
 
 import numpy as np
+import pytest
 from conftest import assert_one_line_error, flexunet
 from PIL import Image
 
@@ -34,6 +35,7 @@ def test_masks_overlays_and_mosaic(trained_run, tmp_path):
     assert (output / "mosaic" / "mosaic.png").is_file()
 
 
+@pytest.mark.once  # refused whatever the backend: run in one session
 def test_bad_inputs_exit_2_with_one_line(trained_run, tmp_path):
     assert_one_line_error(
         flexunet("infer", "--config", str(trained_run), "--images", str(tmp_path / "none")),

@@ -405,6 +405,7 @@ def test_a_nan_epoch_keeps_the_last_good_checkpoint(tmp_path):
     assert run.last.read_bytes() == b"epoch 1" and not run.history.exists()
 
 
+@pytest.mark.once  # refused whatever the backend: run in one session
 def test_bad_inputs_exit_2_with_one_line(tmp_path, tiny_dataset):
     missing = write_config(tmp_path, tmp_path / "no-such-dataset")
     assert_one_line_error(flexunet("train", "--config", str(missing)), "folder not found")
