@@ -25,8 +25,6 @@ from pathlib import Path
 from flexunet_k3.errors import UserError, first_line, listing
 
 MAX_JSON_BYTES = 64 * 2**20  # a record or dataset.json this command reads: far more than any needs
-# A temporary's name says whose it is (pid, and a digest of the host), so that a later command
-# can remove those of a process killed outright: `.flexunet-<kind>.<pid>-<host>.`.
 
 
 def _this_host() -> str:
@@ -39,8 +37,11 @@ def _this_host() -> str:
     return hashlib.sha256(f"{socket.gethostname()} {namespace}".encode()).hexdigest()[:8]
 
 
+# A temporary's name says whose it is (pid, and a digest of the host), so that a later command
+# can remove those of a process killed outright: `.flexunet-<kind>.<pid>-<host>.`; staging and
+# saving are folders this tool made and filled, tmp a file.
 HOST = _this_host()
-TEMPORARY = re.compile(r"\.flexunet-(?:staging|saving|tmp)\.(\d{1,10})-([0-9a-f]{8})\.")
+TEMPORARY = re.compile(r"\.flexunet-(staging|saving|tmp)\.(\d{1,10})-([0-9a-f]{8})\.")
 
 
 def temporary_prefix(kind: str) -> str:
@@ -58,11 +59,14 @@ def remove_abandoned(folder: Path, recursive: bool = False) -> None:
     for entry in entries:
         match = TEMPORARY.match(entry.name)
         inside = entry.is_dir() and not entry.is_symlink()
-        if match and match[2] == HOST and not process_alive(int(match[1])):
-            with suppress(OSError):
-                shutil.rmtree(entry) if inside else entry.unlink()
-        elif recursive and inside:
-            remove_abandoned(entry, recursive=True)
+        if not (match and match[3] == HOST and not process_alive(int(match[2]))):
+            if recursive and inside:
+                remove_abandoned(entry, recursive=True)
+        elif match[1] == "tmp" and entry.is_file() and not entry.is_symlink():
+            with suppress(OSError):  # a folder not ours to write: left as it is
+                entry.unlink()
+        elif match[1] != "tmp" and inside:  # only ever a folder of our own, by its exact name
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def process_alive(pid: int) -> bool:

@@ -17,7 +17,7 @@ import keras
 from flexunet_k3.config import Config, OptimizerConfig
 from flexunet_k3.distribution import current
 from flexunet_k3.errors import UserError, first_line
-from flexunet_k3.files import describe, remove_abandoned, replacing, temporary_prefix
+from flexunet_k3.files import describe, replacing, temporary_prefix
 from flexunet_k3.losses import get_loss
 from flexunet_k3.metrics import segmentation_metrics
 from flexunet_k3.models import build_model
@@ -102,7 +102,6 @@ def save_model(model, path: Path | None, extra: Mapping[str, str] | None = None)
             model.save(Path(scratch) / "model", zipped=False)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(path.parent)
     with (
         tempfile.TemporaryDirectory(dir=path.parent, prefix=temporary_prefix("saving")) as staging,
         replacing(path) as temporary,

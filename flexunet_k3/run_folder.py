@@ -267,7 +267,7 @@ class RunFolder:
             with zipfile.ZipFile(self.last) as archive:
                 if archive.getinfo(STATE_MEMBER).file_size > MAX_JSON_BYTES:
                     return None
-                return TypeAdapter(TrainState).validate_json(archive.read(STATE_MEMBER))
+                return _STATE.validate_json(archive.read(STATE_MEMBER))
         except (OSError, KeyError, zipfile.BadZipFile, ValidationError, ValueError):
             return None
 
@@ -283,7 +283,7 @@ class RunFolder:
         if not isinstance(data, dict) or "epoch" not in data:
             raise UserError(f"{self.history}: not a flexunet run state (no 'epoch' key)")
         try:
-            return TypeAdapter(TrainState).validate_python(data)
+            return _STATE.validate_python(data)
         except ValidationError as exc:
             raise UserError(f"{validation_message(str(self.history), exc)}: the run state is "
                             "damaged; train again with --overwrite") from None
@@ -338,6 +338,9 @@ class TrainState:
     def as_member(self) -> dict[str, str]:
         """The state as a file of the checkpoint saved with it (`save_model`'s `extra`)."""
         return {STATE_MEMBER: json_text(asdict(self))}
+
+
+_STATE = TypeAdapter(TrainState)
 
 
 def _written_by_train(path: Path) -> bool:
