@@ -2,7 +2,7 @@
 
 They share one `TrainState` (kept in history.json), so a resumed run continues their counters.
 Order matters in the callback list: SafeInterrupt, NanGuard, EpochSetter, Throughput,
-Plateau, RunRecorder, then the rest.
+(CosineRate), Plateau, RunRecorder, then the rest.
 """
 
 from __future__ import annotations
@@ -87,6 +87,22 @@ class Throughput(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.last_step > self.started:
             logs["images_per_s"] = self.images_per_epoch / (self.last_step - self.started)
+
+
+def cosine_rate(peak: float, epoch: int, epochs: int) -> float:
+    """The rate of `epoch` (from 0) of `epochs` on a cosine from `peak` towards 0."""
+    return peak * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+class CosineRate(keras.callbacks.Callback):
+    """train.lr_schedule cosine: sets each epoch's learning rate (a resumed run's too)."""
+
+    def __init__(self, peak: float, epochs: int):
+        super().__init__()
+        self.peak, self.epochs = peak, epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.optimizer.learning_rate = cosine_rate(self.peak, epoch, self.epochs)
 
 
 class Plateau(keras.callbacks.Callback):

@@ -324,6 +324,9 @@ class TrainConfig(Section):
     loss: Literal["categorical_crossentropy", "dice", "ce_dice"] = "categorical_crossentropy"
     patience: Count = Field(10, ge=0, le=100_000)
     reducer: ReducerConfig = Field(default_factory=ReducerConfig)
+    # constant: optimizer.learning_rate, lowered by the reducer on a plateau; cosine: epoch e
+    # (from 0) of `epochs` runs at learning_rate * (1 + cos(pi * e / epochs)) / 2, no reducer
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     epoch_change_infer: bool = True
     num_infer_images: Count = Field(6, ge=0, le=1000)
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16", "auto"] = "float32"
@@ -343,6 +346,13 @@ class TrainConfig(Section):
     devices: Literal["all"] | Annotated[Count, Field(ge=1, le=MAX_DEVICES)] = "all"
     # Seconds to wait for the other processes: to start, and before a silent one counts as lost
     coordinator_timeout: Count = Field(300, ge=1, le=86_400)
+
+    @model_validator(mode="after")
+    def _one_rate_rule(self):
+        if self.lr_schedule == "cosine" and self.reducer.enabled:
+            raise ValueError("lr_schedule cosine sets every epoch's rate: set reducer.enabled "
+                             "to false")
+        return self
 
     @field_validator("devices", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 
 from flexunet_k3.callbacks import (
+    CosineRate,
     EpochChangeInfer,
     EpochSetter,
     NanGuard,
@@ -170,6 +171,8 @@ def _fit(
         nan_guard,
         EpochSetter(train_data),
         Throughput(min(steps * config.train.batch_size, len(train_data.pairs))),
+        *([CosineRate(config.optimizer.learning_rate, state.epochs)]
+          if config.train.lr_schedule == "cosine" else []),
         Plateau(state, config.train.patience, config.train.reducer),
         RunRecorder(run, state, placement.writes),
         *([EpochChangeInfer(infer_paths, config, run)] if infer_paths else []),
@@ -232,7 +235,8 @@ def _resume(run: RunFolder, config: Config) -> keras.Model:
             "train anew with --overwrite or in another train.output_dir"
         )
     wanted = config.optimizer.learning_rate
-    if before is not None and wanted != before.optimizer.learning_rate:
+    constant = config.train.lr_schedule == "constant"  # cosine sets each epoch's rate itself
+    if constant and before is not None and wanted != before.optimizer.learning_rate:
         reached = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         model.optimizer.learning_rate = wanted
         warnings.warn(

@@ -88,6 +88,9 @@ def refused(path, overrides=()) -> str:
         ("data: {dataset: ' '}", "data.dataset: an empty path"),
         ("train: {output_dir: 2024-01-01}", "YAML reads 2024-01-01 as a date; quote it as a path"),
         ("model: 3", "model: expected a section (key: value pairs), got 3"),
+        ("train: {lr_schedule: cosine}", "train: lr_schedule cosine sets every epoch's rate: "
+         "set reducer.enabled to false"),
+        ("train: {lr_schedule: linear}", "train.lr_schedule: Input should be 'constant' or"),
     ],
 )
 def test_numbers_out_of_range_or_of_the_wrong_kind_are_refused(tmp_path, text, expected):

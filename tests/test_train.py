@@ -241,10 +241,11 @@ def test_a_kill_after_saving_the_checkpoint_loses_and_repeats_no_epoch(tmp_path,
         assert json.loads(best.read(STATE_MEMBER))["epoch"] == state.best_epoch
 
 def test_resume_takes_a_changed_learning_rate_and_keeps_a_reached_one(tmp_path, tiny_dataset):
-    def run_to(epochs: int, learning_rate: float) -> list[float]:
+    def run_to(epochs: int, learning_rate: float, schedule: str = "constant") -> list[float]:
         config = write_config(
             tmp_path, tiny_dataset, optimizer={"learning_rate": learning_rate},
-            train={"epochs": epochs, "epoch_change_infer": False, "reducer": {"enabled": False}},
+            train={"epochs": epochs, "epoch_change_infer": False, "reducer": {"enabled": False},
+                   "lr_schedule": schedule},
         )
         return train(load_config(config), resume=epochs > 1).state.history["learning_rate"]
 
@@ -257,13 +258,16 @@ def test_resume_takes_a_changed_learning_rate_and_keeps_a_reached_one(tmp_path, 
     with pytest.warns(UserWarning, match="changed from 0.01 to 0.002: resuming at 0.002 instead "
                       "of the 0.005"):
         assert run_to(3, 0.002)[2] == pytest.approx(0.002)
+    # a cosine sets each epoch's rate from the config's, over the epochs now asked: 3 of 5
+    cosine = [0.01 * (1 + math.cos(math.pi * epoch / 5)) / 2 for epoch in (3, 4)]
+    assert run_to(5, 0.01, "cosine")[3:] == pytest.approx(cosine)
 
     wider = write_config(tmp_path, tiny_dataset, model={**TINY["model"], "base_filters": 8},
-                         train={"epochs": 4})
+                         train={"epochs": 6})
     with pytest.raises(UserError, match="trained with model.base_filters 4, not as the config"):
         train(load_config(wider), resume=True)
     other = write_config(tmp_path, tiny_dataset, optimizer={"name": "sgd", "learning_rate": 0.002},
-                         train={"epochs": 4, "loss": "dice"})
+                         train={"epochs": 6, "loss": "dice"})
     with pytest.raises(UserError, match=r"trained with optimizer.name adam, train.loss "
                        r"categorical_crossentropy, not as the config says; --resume goes on with "
                        r"the saved optimizer, loss and metrics"):
