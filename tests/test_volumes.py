@@ -251,6 +251,8 @@ def test_volume_inputs_refuse_bad_files(tmp_path):
                           ("zipped.nii", "gzipped, unlike its name says; rename it zipped.nii.gz")):
         with pytest.raises(UserError, match=message):
             read_volume(tmp_path / name)
+    write_nifti(tmp_path / "one-frame.nii.gz", np.arange(64, dtype=np.int16).reshape(4, 4, 4, 1))
+    assert read_volume(tmp_path / "one-frame.nii.gz").data.shape == (4, 4, 4)  # a 3D volume
 
 
 def test_cli_infer_and_evaluate_volumes(trained_run, tmp_path):

@@ -114,7 +114,7 @@ def _volume(load, stream, where: str, stored: int, gzipped: bool) -> Volume:
             with stream() as opened:
                 spacing = _pixdim_as_written(image, opened)
             _check_header(image, where, stored, gzipped, spacing)
-            volume = np.asanyarray(image.dataobj)
+            volume = np.asanyarray(image.dataobj).reshape(image.shape[:3])  # (X, Y, Z, 1): 3D
     except _READ_ERRORS as exc:
         raise UserError(
             f"{where}: not a readable NIfTI file ({' '.join(str(exc).split())[:150]}); it may be "
@@ -134,12 +134,14 @@ def _pixdim_as_written(image: nib.Nifti1Image, stream: BinaryIO) -> np.ndarray:
 
 def _check_header(image: nib.Nifti1Image, where: str, stored: int, gzipped: bool,
                   spacing: np.ndarray) -> None:
-    """Refuse a volume that is not 3D, empty, not of real numbers, too large to hold in memory
-    or for its file to hold (nibabel would allocate what the header claims before reading),
-    or without a voxel size."""
+    """Refuse a volume that is not 3D (trailing axes of length 1 aside), empty, not of real
+    numbers, too large to hold in memory or for its file to hold (nibabel would allocate what
+    the header claims before reading), or without a voxel size."""
     shape, dtype = image.shape, image.get_data_dtype()
-    if len(shape) != 3:
-        raise UserError(f"{where}: {len(shape)}D volume of shape {shape}; need a 3D one")
+    if len(shape) < 3 or any(size != 1 for size in shape[3:]):
+        raise UserError(f"{where}: {len(shape)}D volume of shape {shape}; need a 3D one (axes "
+                        "after the third may only have length 1)")
+    shape = shape[:3]
     if min(shape) < 1:
         raise UserError(f"{where}: shape {shape} holds no voxels; need a 3D volume with at "
                         "least one voxel along each axis")
