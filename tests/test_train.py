@@ -258,7 +258,7 @@ def test_resume_takes_a_changed_learning_rate_and_keeps_a_reached_one(tmp_path, 
     with pytest.warns(UserWarning, match="changed from 0.01 to 0.002: resuming at 0.002 instead "
                       "of the 0.005"):
         assert run_to(3, 0.002)[2] == pytest.approx(0.002)
-    # a cosine sets each epoch's rate from the config's, over the epochs now asked: 3 of 5
+    # a cosine sets each epoch's rate from the config's, over the epochs now asked (4, 5 of 5)
     cosine = [0.01 * (1 + math.cos(math.pi * epoch / 5)) / 2 for epoch in (3, 4)]
     assert run_to(5, 0.01, "cosine")[3:] == pytest.approx(cosine)
 
