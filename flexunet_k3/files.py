@@ -65,7 +65,10 @@ def remove_abandoned(folder: Path, recursive: bool = False) -> None:
         elif match[1] == "tmp" and entry.is_file() and not entry.is_symlink():
             with suppress(OSError):  # a folder not ours to write: left as it is
                 entry.unlink()
-        elif match[1] != "tmp" and inside:  # only ever a folder of our own, by its exact name
+        elif match[1] != "tmp" and inside:
+            # A staging or saving folder this tool made (its prefix names this host and a dead
+            # pid), removed as its TemporaryDirectory would have been: never a user's folder.
+            # rmtree does not follow links, and `entry` itself is none.
             shutil.rmtree(entry, ignore_errors=True)
 
 
