@@ -11,9 +11,6 @@ import nox
 BACKENDS = ["tensorflow", "jax", "torch"]
 ONCE_ON = "tensorflow"  # the backend session that runs the `once` tests
 CONSTRAINTS = ".ci/constraints-cpu.txt"
-# pip without byte-compiling every installed module (the backends hold tens of thousands):
-# Python compiles the few it imports. An install of all three backends: 40 s against 65 s.
-INSTALL = ("--no-compile", "-c", CONSTRAINTS)
 # pytest-xdist: one worker per CPU core, each test module whole on one worker (module fixtures
 # such as the parity outputs are built once). Much of a test's time is single-threaded: Python
 # starting `flexunet` subprocesses, importing a backend, compiling a model.
@@ -28,7 +25,7 @@ def tests_no_backend(session: nox.Session) -> None:
     """The `no_backend` tests (config, CLI input checks, file handling, data preparation, numpy
     scores), once, with keras but no backend installed: whatever imports keras fails here;
     on one pytest-xdist worker per CPU core."""
-    session.install(*INSTALL, ".[test]")
+    session.install("-c", CONSTRAINTS, ".[test]")
     session.run("pytest", "-m", "no_backend", *PARALLEL, *session.posargs)
 
 
@@ -37,7 +34,7 @@ def tests_no_backend(session: nox.Session) -> None:
 def tests(session: nox.Session, backend: str) -> None:
     """The suite but the parity and `no_backend` tests (and, but on TensorFlow, the `once`
     tests), with only `backend` installed, on one pytest-xdist worker per CPU core."""
-    session.install(*INSTALL, f".[{backend},test]")
+    session.install("-c", CONSTRAINTS, f".[{backend},test]")
     selected = "not parity and not no_backend" + (" and not once" if backend != ONCE_ON else "")
     session.run("pytest", "-m", selected, *PARALLEL, *session.posargs,
                 env={"KERAS_BACKEND": backend})
@@ -47,7 +44,7 @@ def tests(session: nox.Session, backend: str) -> None:
 def parity(session: nox.Session) -> None:
     """All three backends installed: same outputs, models portable between backends (the two
     parity modules side by side on pytest-xdist workers)."""
-    session.install(*INSTALL, ".[all,test]")
+    session.install("-c", CONSTRAINTS, ".[all,test]")
     session.run("pytest", "-m", "parity", *PARALLEL, *session.posargs)
 
 
