@@ -3,12 +3,15 @@ run config for it."""
 
 import contextlib
 import csv
+import io
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -145,11 +148,44 @@ def tiny_config(tmp_path, tiny_dataset) -> Path:
 
 
 def flexunet(*args, backend=None, **kwargs) -> subprocess.CompletedProcess:
-    """Run the installed `flexunet` console script (optionally on another backend)."""
+    """`flexunet args`: in this process on this session's backend (KERAS_BACKEND set, no
+    `--backend`, no subprocess arguments), else the installed console script in a subprocess
+    (optionally on another backend)."""
+    here = os.environ.get("KERAS_BACKEND")
+    if here and backend in (None, here) and not kwargs and "--backend" not in args:
+        return flexunet_here(*args)
     env = {**os.environ, **({"KERAS_BACKEND": backend} if backend else {})}
     return subprocess.run(
         ["flexunet", *args], capture_output=True, text=True, timeout=900, env=env, **kwargs
     )
+
+
+def flexunet_here(*args: str) -> subprocess.CompletedProcess:
+    """`flexunet args` in this process (`flexunet_k3.cli.app.run`, what the console script
+    calls), its output captured: no interpreter and backend start-up per call. Warnings are
+    filtered as in a new interpreter (not as pytest shows them); the environment and the Keras
+    dtype policy a command changes are put back for the tests after it."""
+    from flexunet_k3.cli.app import run
+
+    keras = sys.modules.get("keras")
+    environment = dict(os.environ)
+    policy = keras.mixed_precision.global_policy() if keras else "float32"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
+                warnings.catch_warnings():
+            warnings.resetwarnings()  # Python's own filters, as the console script has them
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                             ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            code = run(list(args))
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+        if "keras" in sys.modules:  # imported now if not before
+            sys.modules["keras"].mixed_precision.set_global_policy(policy)
+    return subprocess.CompletedProcess(["flexunet", *args], code, stdout.getvalue(),
+                                       stderr.getvalue())
 
 
 # TensorFlow's C++ logging writes these to stderr (on import, at exit), whatever we do.

@@ -1,17 +1,20 @@
-"""Run under one backend (KERAS_BACKEND) by test_parity.py.
+"""Run under one backend (KERAS_BACKEND) by test_parity.py, the three backends at once:
+`python parity_worker.py DIR`.
 
-`build DIR`: for each small config, build the model, give it deterministic numpy weights,
-predict a fixed input, save `{backend}_{name}.npy` and `{backend}_{name}.keras`.
-`load DIR`: load every other backend's `.keras` (safe_mode) and save its prediction here
-as `{backend}_from_{other}_{name}.npy`.
+For each small config, build the model, give it deterministic numpy weights, predict a fixed
+input, save `{backend}_{name}.npy` and `{backend}_{name}.keras` (whole files only: written
+under another name, then renamed). Then wait for the other backends' `.keras` files, load
+each (safe_mode) and save its prediction as `{backend}_from_{other}_{name}.npy`.
 """
 
 import sys
+import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from flexunet_k3.backend import BACKENDS
 from flexunet_k3.config import ModelConfig
 from flexunet_k3.models import build_model
 
@@ -70,22 +73,26 @@ def predict(model, config):
     return keras.ops.convert_to_numpy(model(model_input(config), training=False))
 
 
-def main(action: str, folder: Path) -> None:
+def main(folder: Path) -> None:
     backend = keras.backend.backend()
     for name, config in CONFIGS.items():
-        if action == "build":
-            model = build_model(config)
-            model.set_weights(numpy_weights(model))
-            np.save(folder / f"{backend}_{name}.npy", predict(model, config))
-            model.save(folder / f"{backend}_{name}.keras")
-        else:
-            for path in sorted(folder.glob(f"*_{name}.keras")):
-                other = path.name.split("_")[0]
-                if other != backend:
-                    model = keras.saving.load_model(path, safe_mode=True)
-                    out = folder / f"{backend}_from_{other}_{name}.npy"
-                    np.save(out, predict(model, config))
+        model = build_model(config)
+        model.set_weights(numpy_weights(model))
+        np.save(folder / f"{backend}_{name}.npy", predict(model, config))
+        model.save(folder / f"{backend}_{name}.partial.keras")
+        (folder / f"{backend}_{name}.partial.keras").rename(folder / f"{backend}_{name}.keras")
+    others = {other: [folder / f"{other}_{name}.keras" for name in CONFIGS]
+              for other in BACKENDS if other != backend}
+    deadline = time.monotonic() + 500
+    while not all(path.exists() for paths in others.values() for path in paths):
+        if time.monotonic() > deadline:
+            sys.exit(f"{backend}: the other backends' models did not come")
+        time.sleep(0.2)
+    for other, paths in others.items():
+        for (name, config), path in zip(CONFIGS.items(), paths, strict=True):
+            model = keras.saving.load_model(path, safe_mode=True)
+            np.save(folder / f"{backend}_from_{other}_{name}.npy", predict(model, config))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    main(Path(sys.argv[1]))

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,25 +22,38 @@ TOLERANCE = 1e-4
 pytestmark = pytest.mark.parity
 
 
-def run_worker(backend: str, action: str, folder: Path) -> None:
-    env = {**os.environ, "KERAS_BACKEND": backend}
-    done = subprocess.run(
-        [sys.executable, str(WORKER), action, str(folder)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, f"{backend} {action} failed:\n{done.stderr[-3000:]}"
-
-
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
+    """The worker under each backend, the three at once: each saves its models, then loads the
+    others' (each mostly waits on one thread: starting Python, importing its backend, JAX
+    compiling its initializers). One that fails stops the others."""
     folder = tmp_path_factory.mktemp("parity")
-    for backend in BACKENDS:
-        run_worker(backend, "build", folder)
-    for backend in BACKENDS:
-        run_worker(backend, "load", folder)
+    logs = {backend: (folder / f"{backend}.log").open("w") for backend in BACKENDS}
+    workers = {
+        backend: subprocess.Popen(
+            [sys.executable, str(WORKER), str(folder)],
+            env={**os.environ, "KERAS_BACKEND": backend},
+            stdout=subprocess.DEVNULL, stderr=logs[backend],
+        )
+        for backend in BACKENDS
+    }
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        codes = [worker.poll() for worker in workers.values()]
+        if None not in codes or any(codes):  # all done, or one failed
+            break
+        time.sleep(0.2)
+    for worker in workers.values():
+        if worker.poll() is None:
+            worker.kill()  # exit code -9
+        worker.wait()
+    failed = []
+    for backend, worker in workers.items():
+        logs[backend].close()
+        if worker.returncode:
+            stderr = Path(logs[backend].name).read_text()[-3000:]
+            failed.append(f"{backend} worker, exit code {worker.returncode}:\n{stderr}")
+    assert not failed, "\n".join(failed)
     return folder
 
 
