@@ -81,16 +81,16 @@ def main(folder: Path) -> None:
         np.save(folder / f"{backend}_{name}.npy", predict(model, config))
         model.save(folder / f"{backend}_{name}.partial.keras")
         (folder / f"{backend}_{name}.partial.keras").rename(folder / f"{backend}_{name}.keras")
-    others = {other: [folder / f"{other}_{name}.keras" for name in CONFIGS]
-              for other in BACKENDS if other != backend}
+    others = [other for other in BACKENDS if other != backend]
     deadline = time.monotonic() + 500
-    while not all(path.exists() for paths in others.values() for path in paths):
+    while not all((folder / f"{other}_{name}.keras").exists()
+                  for other in others for name in CONFIGS):
         if time.monotonic() > deadline:
             sys.exit(f"{backend}: the other backends' models did not come")
         time.sleep(0.2)
-    for other, paths in others.items():
-        for (name, config), path in zip(CONFIGS.items(), paths, strict=True):
-            model = keras.saving.load_model(path, safe_mode=True)
+    for other in others:
+        for name, config in CONFIGS.items():
+            model = keras.saving.load_model(folder / f"{other}_{name}.keras", safe_mode=True)
             np.save(folder / f"{backend}_from_{other}_{name}.npy", predict(model, config))
 
 

@@ -8,6 +8,7 @@ import sys
 import time
 import warnings
 import zipfile
+from pathlib import Path
 
 import keras
 import pytest
@@ -27,6 +28,11 @@ def wait_for(condition, timeout: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def steps_trained(run: Path) -> int:
+    """The optimizer steps that the run's models/last.keras has taken."""
+    return int(keras.saving.load_model(run / "models" / "last.keras").optimizer.iterations)
 
 
 def test_ctrl_c_saves_last_and_resume_finishes_the_run(tmp_path, tiny_dataset):
@@ -84,13 +90,10 @@ def test_a_kill_after_saving_the_checkpoint_loses_and_repeats_no_epoch(tmp_path,
     run = tmp_path / "run"
     assert read_state(run)["epoch"] == 1  # history.json one epoch behind models/last.keras
 
-    def steps_trained() -> int:
-        return int(keras.saving.load_model(run / "models" / "last.keras").optimizer.iterations)
-
-    per_epoch = steps_trained() // 2
+    per_epoch = steps_trained(run) // 2
     with pytest.warns(UserWarning, match=r"behind .*last.keras \(epoch 2\)"):
         state = train(load_config(config), resume=True).state
-    assert state.epoch == 3 and steps_trained() == 3 * per_epoch  # epoch 2 not trained again
+    assert state.epoch == 3 and steps_trained(run) == 3 * per_epoch  # epoch 2 not trained again
     assert len(read_state(run)["history"]["loss"]) == 3
     assert len((run / "eval" / "train_losses.csv").read_text().splitlines()) == 4
     with zipfile.ZipFile(run / "models" / "best.keras") as best:  # the best epoch's weights
@@ -127,9 +130,6 @@ def test_ctrl_c_mid_epoch_drops_its_steps_and_resume_trains_as_never_stopped(
             self.epoch_now = epoch
             super().on_epoch_begin(epoch, logs)
 
-    def steps_trained() -> int:
-        return int(keras.saving.load_model(run / "models" / "last.keras").optimizer.iterations)
-
     config = write_config(tmp_path, tiny_dataset,
                           train={"epochs": 3, "patience": 50, "epoch_change_infer": False})
     run = tmp_path / "run"
@@ -138,12 +138,12 @@ def test_ctrl_c_mid_epoch_drops_its_steps_and_resume_trains_as_never_stopped(
         with pytest.raises(Interrupted):  # at the next step of epoch 2
             train(load_config(config))
     assert read_state(run)["epoch"] == 1
-    per_epoch = steps_trained()  # epoch 1's: the step of epoch 2 is not kept
+    per_epoch = steps_trained(run)  # epoch 1's: the step of epoch 2 is not kept
     assert per_epoch == len(dataset_from_config(load_config(config), "train", training=True))
     step_by_step = write_config(tmp_path, tiny_dataset, train={
         "epochs": 3, "patience": 50, "epoch_change_infer": False, "jit": "off"})
     assert train(load_config(step_by_step), resume=True).model.jit_compile is False  # as set
-    assert steps_trained() == 3 * per_epoch  # as in a run never stopped
+    assert steps_trained(run) == 3 * per_epoch  # as in a run never stopped
 
 
 @pytest.mark.parametrize("saved", [False, True], ids=["before-the-checkpoint", "after-it"])
@@ -156,9 +156,6 @@ def test_a_second_ctrl_c_while_saving_keeps_the_records_at_the_checkpoint(
             raise KeyboardInterrupt  # as a second Ctrl-C does, at once
         saving(model, path, extra)
 
-    def steps_trained() -> int:
-        return int(keras.saving.load_model(run / "models" / "last.keras").optimizer.iterations)
-
     saving, run = callbacks.save_model, tmp_path / "run"
     config = write_config(tmp_path, tiny_dataset,
                           train={"epochs": 3, "patience": 50, "epoch_change_infer": False})
@@ -169,9 +166,10 @@ def test_a_second_ctrl_c_while_saving_keeps_the_records_at_the_checkpoint(
             train(load_config(config))
     state = read_state(run)  # the epoch last.keras holds, not the one being saved
     assert state["status"] == "interrupted" and state["epoch"] == 1 + saved
-    per_epoch = steps_trained() // state["epoch"]
+    per_epoch = steps_trained(run) // state["epoch"]
     train(load_config(config), resume=True)
-    assert steps_trained() == 3 * per_epoch and len(read_state(run)["history"]["loss"]) == 3
+    assert steps_trained(run) == 3 * per_epoch and len(read_state(run)["history"]["loss"]) == 3
+
 
 def test_ctrl_c_while_the_model_builds_stops_before_training(tmp_path, tiny_dataset, monkeypatch):
     def compile_with_ctrl_c(config):
