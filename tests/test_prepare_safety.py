@@ -335,9 +335,8 @@ def test_volume_from_bytes_reads_only_the_header_s_size():
 
 KILLED_WITH_WORKERS = """
 import os, signal, time
-from concurrent.futures import ProcessPoolExecutor
 from flexunet_k3.data import msd
-pool = ProcessPoolExecutor(max_workers=2, initializer=msd._start_worker)
+pool = msd.worker_pool(2)
 futures = [pool.submit(time.sleep, 600) for _ in range(2)]
 while len(pool._processes) < 2:
     time.sleep(0.05)
@@ -356,6 +355,24 @@ def test_pool_workers_end_when_prepare_msd_is_killed_outright():
     while any(map(_running, workers)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(map(_running, workers))  # without the watch they sleep on for 10 minutes
+
+
+def test_a_pool_worker_that_starts_after_prepare_msd_was_killed_ends():
+    """The race the test above can lose: the parent is gone before the worker's initializer
+    runs, so the worker's own parent is already another process."""
+    gone = _ended_pid()
+    worker = subprocess.run(
+        [sys.executable, "-c", "import time\nfrom flexunet_k3.data import msd\n"
+         f"msd._start_worker({gone})\ntime.sleep(600)"],
+        capture_output=True, text=True, timeout=60)
+    assert (worker.returncode, worker.stderr) == (1, "")  # its watch's exit, no error
+
+
+def _ended_pid() -> int:
+    """The pid of a process that has ended."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
 
 
 def _running(pid: int) -> bool:

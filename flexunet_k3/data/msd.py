@@ -397,7 +397,7 @@ def _results(jobs: list[CaseJob], workers: int) -> Iterator[Iterator[CaseResult]
     if workers == 1 or len(jobs) == 1:
         yield map(convert_case, jobs)
         return
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_start_worker)
+    pool = worker_pool(min(workers, len(jobs)))
     try:
         yield _pooled(pool.submit(convert_case, job) for job in jobs)
     finally:
@@ -415,11 +415,18 @@ def _pooled(futures: Iterable[Future]) -> Iterator[CaseResult]:
                         "want of memory); run again with fewer --workers") from None
 
 
-def _start_worker() -> None:
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of `workers` processes that end once this process is gone."""
+    return ProcessPoolExecutor(max_workers=workers, initializer=_start_worker,
+                               initargs=(os.getpid(),))
+
+
+def _start_worker(parent: int) -> None:
     """In a pool worker: leave Ctrl-C to the main process, which stops the pool, and end once
-    that process is gone (killed outright, it could not stop the pool)."""
+    that process (`parent`, named by itself: it may be gone before the worker starts) is gone;
+    killed outright, it could not stop the pool."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_end_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=_end_when_orphaned, args=(parent,), daemon=True).start()
 
 
 def _end_when_orphaned(parent: int) -> None:
