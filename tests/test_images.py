@@ -92,7 +92,12 @@ def test_missing_or_empty_folders_are_user_errors(tmp_path):
         list_images(save(np.zeros((2, 2), np.uint8), tmp_path / "a.png"))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.md").write_text("x")
-    with pytest.raises(UserError, match="no image files"):
+    with pytest.raises(UserError, match="no image files .*put the files there"):
+        list_images(tmp_path / "empty")
+    (tmp_path / "empty" / "lung_001.nii.gz").write_bytes(b"")
+    (tmp_path / "empty" / "lung_002.NII").write_bytes(b"")
+    with pytest.raises(UserError, match="no image files .*holds 2 NIfTI volumes: give volumes "
+                                        "with --volumes, or make slices of them with"):
         list_images(tmp_path / "empty")
 
 

@@ -118,10 +118,13 @@ def list_images(folder: Path, suffixes=IMAGE_SUFFIXES) -> tuple[list[Path], list
         raise UserError(f"{folder}: {problem}; check the path")
     paths, skipped = files_in(folder, suffixes)
     if not paths:
-        raise UserError(
-            f"{folder}: no image files ({' '.join(suffixes)}) found; "
-            "put the files there or fix the path in the config"
-        )
+        from .nifti import is_nifti
+
+        volumes = sum(is_nifti(path.name) for path in skipped)
+        advice = (f"it holds {plural(volumes, 'NIfTI volume')}: give volumes with --volumes, or "
+                  "make slices of them with `flexunet prepare msd`" if volumes else
+                  "put the files there or fix the path in the config")
+        raise UserError(f"{folder}: no image files ({' '.join(suffixes)}) found; {advice}")
     return paths, [path.name for path in skipped]
 
 
