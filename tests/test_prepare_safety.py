@@ -368,6 +368,22 @@ def test_a_pool_worker_that_starts_after_prepare_msd_was_killed_ends():
     assert (worker.returncode, worker.stderr) == (1, "")  # its watch's exit, no error
 
 
+FORK_SERVER_DEFAULT = """
+import multiprocessing, os
+from flexunet_k3.data import msd
+multiprocessing.set_start_method("forkserver")  # the default from Python 3.14 on Linux
+with msd.worker_pool(1) as pool:
+    assert pool.submit(os.getppid).result() == os.getpid()
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
+def test_pool_workers_are_this_process_s_children_under_a_fork_server_default():
+    done = subprocess.run([sys.executable, "-c", FORK_SERVER_DEFAULT], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 def _ended_pid() -> int:
     """The pid of a process that has ended."""
     process = subprocess.Popen(["true"])

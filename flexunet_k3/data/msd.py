@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import posixpath
 import re
 import shutil
 import signal
+import sys
 import tarfile
 import threading
 import time
@@ -416,9 +418,14 @@ def _pooled(futures: Iterable[Future]) -> Iterator[CaseResult]:
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
-    """A pool of `workers` processes that end once this process is gone."""
-    return ProcessPoolExecutor(max_workers=workers, initializer=_start_worker,
-                               initargs=(os.getpid(),))
+    """A pool of `workers` processes that end once this process is gone. On Linux they are
+    forked whatever the default start method (Python 3.14's is a fork server): each one's
+    parent is then this process, and it starts at once, so a Ctrl-C does not catch it before
+    it ignores SIGINT (a spawned one takes half a second, and prints a traceback if interrupted
+    then). Elsewhere the default, spawn, also makes them children of this process."""
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                               initializer=_start_worker, initargs=(os.getpid(),))
 
 
 def _start_worker(parent: int) -> None:
