@@ -64,7 +64,7 @@ def info() -> None:
 
     Also this process's place among data-parallel processes."""
     backend = use_backend()
-    from flexunet_k3.backend import devices, processes, versions
+    from flexunet_k3.backend import devices, jax_compile_cache, processes, versions
     from flexunet_k3.precision import resolve_precision, this_machine
 
     table = Table("", "", show_header=False)
@@ -78,6 +78,8 @@ def info() -> None:
     table.add_row("process", f"{index} of {count} (data-parallel processes joined)")
     precision, why = resolve_precision("auto", this_machine())
     table.add_row("precision auto", f"{precision} ({why})")
+    if backend == "jax":
+        table.add_row("JAX compile cache", jax_compile_cache() or "off")
     console.print(table)
 
 

@@ -59,16 +59,20 @@ def emulated(precision: str, device: Device) -> bool:
     )
 
 
+def this_cpu_flags() -> frozenset[str]:
+    """This CPU's flags (/proc/cpuinfo); none known off Linux, so no native bfloat16 assumed."""
+    try:
+        return cpu_flags(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return frozenset()
+
+
 @functools.cache
 def this_machine() -> Device:
     """This CPU's flags and the active backend's first GPU (imports keras and the backend)."""
     from flexunet_k3.backend import gpu_capability
 
-    try:
-        flags = cpu_flags(Path("/proc/cpuinfo").read_text())
-    except OSError:  # not Linux: no flags known, so no native bfloat16 assumed
-        flags = frozenset()
-    return Device(flags, gpu_capability())
+    return Device(this_cpu_flags(), gpu_capability())
 
 
 def policy(requested: str) -> str:

@@ -35,6 +35,7 @@ NO_BACKEND_MODULES = frozenset({
     "test_files.py",
     "test_images.py",
     "test_interrupt.py",
+    "test_jax_cache.py",
     "test_memory.py",
     "test_precision.py",
     "test_prepare.py",

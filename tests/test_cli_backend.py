@@ -2,6 +2,7 @@
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,11 @@ def test_info_names_the_backend_in_use():
     assert "devices" in done.stdout and "keras" in done.stdout
     precision, why = resolve_precision("auto", this_machine())
     assert re.search(rf"precision auto\s+.*{precision} \({why}\)", done.stdout), done.stdout
+    if backend == "jax":  # the tests' own cache (conftest.py)
+        cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
+        assert re.search(rf"JAX compile cache\s+.*{re.escape(cache)}", done.stdout), done.stdout
+    else:
+        assert "JAX compile cache" not in done.stdout
 
 
 def test_summary_prints_the_originals_parameter_count():
@@ -41,3 +47,22 @@ def test_config_import_of_the_original_builds_the_lung_model(tmp_path):
     assert "Total params: 124,996,866" in flexunet("summary", "-c", str(out)).stdout
     again = flexunet("config", "import", os.environ["FLEXUNET_ORIGINAL_CONFIG"], "-o", str(out))
     assert_one_line_error(again, "already exists")
+
+
+@pytest.mark.parity
+def test_a_second_jax_command_reuses_what_the_first_compiled(tmp_path, tiny_config):
+    """JAX's compilations (here the model's initializers) are kept in the user's cache folder
+    and found again by the next command: it compiles nothing new."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("JAX_")}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+
+    def summary_and_cache() -> set[str]:
+        done = subprocess.run(["flexunet", "--backend", "jax", "summary", "--config",
+                               str(tiny_config)], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        [folder] = (tmp_path / "cache" / "flexunet-k3").iterdir()
+        return {path.name for path in folder.iterdir()}
+
+    first = summary_and_cache()
+    assert any("truncated_normal" in name for name in first)
+    assert summary_and_cache() == first
