@@ -56,9 +56,10 @@ def select_backend(name: str | None = None) -> str:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # 3: not even "no CUDA driver" errors
     if chosen == "jax":
         _keep_jax_compilations()
-    if chosen == "jax" and cpu_devices:
-        flags = os.environ.get("XLA_FLAGS", "")
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cpu_devices}"
+        if cpu_devices:
+            flags = os.environ.get("XLA_FLAGS", "")
+            os.environ["XLA_FLAGS"] = (f"{flags} --xla_force_host_platform_device_count="
+                                       f"{cpu_devices}")
     if chosen == "tensorflow":
         quiet = os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0"
         # TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL; set it to 0 to see them.
