@@ -13,12 +13,13 @@ from pathlib import Path
 
 from flexunet_k3.config import TrainConfig
 from flexunet_k3.distribution import cpu_device_count
-from flexunet_k3.errors import UserError
+from flexunet_k3.errors import UserError, first_line
 from flexunet_k3.precision import this_cpu_flags
 
 BACKENDS = ("tensorflow", "jax", "torch")
 _DISTRIBUTIONS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 JAX_CACHE_VARIABLE = "JAX_COMPILATION_CACHE_DIR"
+JAX_TRUE = ("y", "yes", "t", "true", "on", "1")  # what JAX reads as true in a variable
 
 
 def installed_backends() -> list[str]:
@@ -60,6 +61,10 @@ def select_backend(name: str | None = None) -> str:
             flags = os.environ.get("XLA_FLAGS", "")
             os.environ["XLA_FLAGS"] = (f"{flags} --xla_force_host_platform_device_count="
                                        f"{cpu_devices}")
+        try:
+            import jax  # noqa: F401  (reads its JAX_* environment variables)
+        except ValueError as exc:  # "invalid truth value 'x' for environment 'JAX_...'"
+            raise UserError(f"{first_line(exc)}; fix or unset that variable") from None
     if chosen == "tensorflow":
         quiet = os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0"
         # TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL; set it to 0 to see them.
@@ -83,9 +88,10 @@ def _keep_jax_compilations() -> None:
     """Let JAX keep what it compiles (a model's initializers, 10-15 s on a 2-core CPU; the
     train and predict steps) between commands, in jax_cache_folder(). JAX's own variables
     rule: JAX_COMPILATION_CACHE_DIR names another folder, JAX_ENABLE_COMPILATION_CACHE=false
-    keeps nothing. Nothing is kept where the folder cannot be made."""
-    off = os.environ.get("JAX_ENABLE_COMPILATION_CACHE", "").lower() in ("0", "false")
-    if off or os.environ.get(JAX_CACHE_VARIABLE):
+    keeps nothing (a value JAX cannot read is left to JAX to refuse). Nothing is kept where
+    the folder cannot be made."""
+    enabled = os.environ.get("JAX_ENABLE_COMPILATION_CACHE", "true").lower() in JAX_TRUE
+    if not enabled or os.environ.get(JAX_CACHE_VARIABLE):
         return
     folder = jax_cache_folder()
     try:

@@ -59,6 +59,7 @@ def emulated(precision: str, device: Device) -> bool:
     )
 
 
+@functools.cache
 def this_cpu_flags() -> frozenset[str]:
     """This CPU's flags (/proc/cpuinfo); none known off Linux, so no native bfloat16 assumed."""
     try:

@@ -66,3 +66,15 @@ def test_a_second_jax_command_reuses_what_the_first_compiled(tmp_path, tiny_conf
     first = summary_and_cache()
     assert any("truncated_normal" in name for name in first)
     assert summary_and_cache() == first
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("variable, value, fragment", [
+    ("JAX_ENABLE_COMPILATION_CACHE", "maybe", "invalid truth value 'maybe'"),
+    ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "abc", 'Invalid value "abc"'),
+])
+def test_a_jax_variable_jax_cannot_read_is_one_line(tmp_path, variable, value, fragment):
+    env = {**os.environ, variable: value, "XDG_CACHE_HOME": str(tmp_path)}
+    done = subprocess.run(["flexunet", "--backend", "jax", "info"], capture_output=True,
+                          text=True, env=env)
+    assert_one_line_error(done, fragment, "fix or unset that variable")
