@@ -64,6 +64,8 @@ def compile_model(config: Config, *, metrics: bool = True) -> keras.Model:
             metrics=segmentation_metrics(names) if metrics else None,
             jit_compile=JIT[config.train.jit],
         )
+        # Now, not in the first step: TensorFlow traces a step that makes variables twice.
+        model.optimizer.build(model.trainable_variables)
     return model
 
 
