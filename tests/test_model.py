@@ -1,5 +1,6 @@
 """The FlexUNet architecture: the original's parameter count, output shapes, options (its
-per-level schedule and the checks of model names: test_config.py)."""
+per-level schedule and the checks of model names: test_config.py); the compiled model's
+optimizer state."""
 
 from pathlib import Path
 
